@@ -1,0 +1,76 @@
+# Everything runs inside .venv, which the first target that needs it creates.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CODEGEN := $(VENV)/bin/codegen
+STAMP := $(VENV)/.installed
+
+SPEC ?= specs/gpt_bigcode.yaml
+PRESET ?= tiny_starcoder
+TARGET ?= llvm
+DTYPE ?= float32
+BUILD ?= build
+# A Hugging Face model folder (config.json, safetensors or .bin, tokenizer.json). Unset: the demo
+# trains a small GPTBigCode on local Python files and uses that.
+MODEL_DIR ?=
+PROMPT ?= def fibonacci(n):
+MAX_NEW_TOKENS ?= 64
+
+DEMO_MODEL := $(BUILD)/demo-model
+RUN_MODEL := $(if $(MODEL_DIR),$(MODEL_DIR),$(DEMO_MODEL))
+ARTIFACT := $(BUILD)/artifact-$(notdir $(basename $(SPEC)))-$(TARGET)-$(DTYPE)
+
+.PHONY: help setup generate check compile convert run demo test test-quick fuzz bench docs clean
+
+help:
+	@echo "make demo        generate, compile, convert and run a model on the CPU (the main job)"
+	@echo "make test        set up and run the whole test suite (what CI runs)"
+	@echo "make test-quick  the tests not marked slow"
+	@echo "make generate    render specs/*.yaml into generated/ ; make check fails when it is stale"
+	@echo "make compile     SPEC=… PRESET=… TARGET=llvm|cuda DTYPE=… -> $(BUILD)/…"
+	@echo "make bench       CPU speed of the compiled model against transformers eager"
+	@echo "make fuzz        long spec-fuzzing run"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+generate: $(STAMP)
+	$(CODEGEN) generate
+
+check: $(STAMP)
+	$(CODEGEN) check
+
+compile: $(STAMP)
+	$(CODEGEN) compile --spec $(SPEC) $(if $(MODEL_DIR),--config $(MODEL_DIR)/config.json,--preset $(PRESET)) \
+		--target $(TARGET) --dtype $(DTYPE) --output $(BUILD)/$(notdir $(basename $(SPEC)))-$(TARGET)-$(DTYPE)
+
+$(DEMO_MODEL)/config.json: | $(STAMP)
+	$(PY) -m codegen.demo_checkpoint --output $(DEMO_MODEL)
+
+demo: $(STAMP) generate $(if $(MODEL_DIR),,$(DEMO_MODEL)/config.json)
+	$(CODEGEN) compile --spec $(SPEC) --config $(RUN_MODEL)/config.json --target $(TARGET) --dtype $(DTYPE) --output $(ARTIFACT)
+	$(CODEGEN) convert --spec $(SPEC) --model-dir $(RUN_MODEL) --dtype $(DTYPE) --output $(ARTIFACT)
+	$(CODEGEN) run --artifact $(ARTIFACT) --tokenizer $(RUN_MODEL) --prompt '$(PROMPT)' --max-new-tokens $(MAX_NEW_TOKENS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-quick: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=long $(PY) -m pytest -q tests/test_fuzz.py
+
+bench: $(STAMP)
+	$(PY) bench/cpu_bench.py
+
+docs: $(STAMP)
+	$(PY) -m codegen.docs --write
+
+clean:
+	rm -rf $(BUILD)

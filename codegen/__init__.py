@@ -1,0 +1,1 @@
+"""Declarative YAML -> Apache TVM Relax code generator for decoder-only transformers."""

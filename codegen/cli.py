@@ -1,0 +1,166 @@
+"""The `codegen` command line: generate, check, diff, compile, convert, run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from codegen.spec import SpecError
+
+EXAMPLES = """\
+examples:
+  codegen generate                                   render every specs/*.yaml into generated/
+  codegen check                                      exit 1 if generated/ is stale
+  codegen diff specs/gpt_bigcode.yaml specs/gpt_bigcode_mha.yaml
+  codegen compile --spec specs/gpt_bigcode.yaml --preset tiny_starcoder --output build/tiny
+  codegen convert --spec specs/gpt_bigcode.yaml --model-dir HF_DIR --output build/tiny
+  codegen run --artifact build/tiny --tokenizer HF_DIR --prompt "def fib("
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError, LookupError, OSError) as exc:
+        # Our own error types derive from these; their messages say what and where.
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="codegen",
+        description="Declarative YAML -> Apache TVM Relax code generator for decoder-only transformers.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    generate = commands.add_parser("generate", help="render every spec into generated/ (atomic, idempotent)")
+    generate.add_argument("--specs", type=Path, default=None, help="folder of spec files (default: specs/)")
+    generate.add_argument("--output", type=Path, default=None, help="output folder (default: generated/)")
+    generate.set_defaults(handler=_generate)
+
+    check = commands.add_parser("check", help="exit 1 when generated/ differs from a fresh render")
+    check.set_defaults(handler=_check)
+
+    diff = commands.add_parser("diff", help="unified diff of the code two specs generate")
+    diff.add_argument("first", type=Path)
+    diff.add_argument("second", type=Path)
+    diff.set_defaults(handler=_diff)
+
+    compile_ = commands.add_parser("compile", help="build the model library and metadata for a target")
+    _add_model_arguments(compile_)
+    size = compile_.add_mutually_exclusive_group(required=True)
+    size.add_argument("--preset", help="a size preset named in the spec (e.g. tiny_starcoder)")
+    size.add_argument("--config", type=Path, help="a Hugging Face config.json")
+    compile_.add_argument("--target", default="llvm", help="llvm (CPU, default) or cuda")
+    compile_.add_argument("--arch", default="sm_80", help="CUDA architecture: sm_80, sm_86, sm_89 or sm_90")
+    compile_.add_argument("--dtype", default="float32", help="float32 (default), float16 or bfloat16")
+    compile_.add_argument("--context-window", type=int, default=None, help="override the context window size")
+    compile_.add_argument("--prefill-chunk", type=int, default=None, help="override the prefill chunk size")
+    compile_.add_argument("--output", type=Path, required=True, help="artifact folder to write")
+    compile_.set_defaults(handler=_compile)
+
+    convert = commands.add_parser("convert", help="convert an HF checkpoint into the artifact's tensor cache")
+    _add_model_arguments(convert)
+    convert.add_argument("--model-dir", type=Path, required=True, help="HF folder: config.json + safetensors or .bin")
+    convert.add_argument("--dtype", default="float32", help="float32 (default), float16 or bfloat16")
+    convert.add_argument("--output", type=Path, required=True, help="artifact folder to write the weights into")
+    convert.add_argument("--quiet", action="store_true", help="no progress bar")
+    convert.set_defaults(handler=_convert)
+
+    run = commands.add_parser("run", help="generate text from a compiled, converted artifact")
+    run.add_argument("--artifact", type=Path, required=True)
+    run.add_argument("--tokenizer", type=Path, required=True, help="folder with tokenizer.json")
+    run.add_argument("--prompt", required=True)
+    run.add_argument("--max-new-tokens", type=int, default=64)
+    run.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    run.add_argument("--top-p", type=float, default=1.0)
+    run.add_argument("--seed", type=int, default=None)
+    run.add_argument("--device", default=None, help="cpu or cuda (default: from the artifact's target)")
+    run.set_defaults(handler=_run)
+    return parser
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--spec", required=True, help="spec path (specs/gpt_bigcode.yaml) or generated name")
+
+
+def _generate(args) -> int:
+    from codegen import render
+
+    paths = render.spec_paths(args.specs) if args.specs else None
+    written = render.generate(args.output or render.GENERATED_DIR, paths)
+    print(f"generated {len(written)} files in {args.output or render.GENERATED_DIR.name + '/'}")
+    return 0
+
+
+def _check(args) -> int:
+    from codegen import render
+
+    stale = render.stale_files()
+    if stale:
+        print("generated/ is stale; run `make generate` and commit the result. Differs:", file=sys.stderr)
+        for name in stale:
+            print(f"  generated/{name}", file=sys.stderr)
+        return 1
+    print("generated/ is current")
+    return 0
+
+
+def _diff(args) -> int:
+    from codegen import render
+
+    sys.stdout.write(render.diff_specs(args.first, args.second))
+    return 0
+
+
+def _compile(args) -> int:
+    from codegen.compile import BuildOptions, compile_to_dir
+    from codegen.models import load_model
+
+    options = BuildOptions(target=args.target, dtype=args.dtype, cuda_arch=args.arch)
+    model = load_model(args.spec)
+    overrides = {}
+    if args.context_window:
+        overrides["context_window_size"] = args.context_window
+    if args.prefill_chunk:
+        overrides["prefill_chunk_size"] = args.prefill_chunk
+    if args.preset:
+        config = model.config(preset=args.preset, **overrides)
+    else:
+        config = model.config(hf_config=json.loads(args.config.read_text()), **overrides)
+    print(f"compiling {model.name} for {args.target} ({args.dtype}) into {args.output} ...", flush=True)
+    fields = compile_to_dir(model, config, options, args.output)
+    print(f"wrote {args.output}/model.so in {fields['codegen']['compile_seconds']} s")
+    return 0
+
+
+def _convert(args) -> int:
+    from codegen.models import load_model
+    from codegen.weights import convert
+
+    model = load_model(args.spec)
+    result = convert(model, args.model_dir, args.output, dtype=args.dtype, progress=not args.quiet)
+    shards = result["index"]["records"]
+    count = sum(len(shard["records"]) for shard in shards)
+    print(f"wrote {count} tensors in {len(shards)} shards to {args.output}")
+    return 0
+
+
+def _run(args) -> int:
+    from codegen.generation import run_prompt
+
+    return run_prompt(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Export a generated model and build its library with TVM. All compile options live here."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import tvm
+from tvm import relax
+from tvm.target import Target
+
+from codegen.models import GeneratedModel
+
+TARGETS = ("llvm", "cuda")
+DTYPES = ("float32", "float16", "bfloat16")
+CUDA_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
+LIBRARY_NAME = "model.so"
+METADATA_NAME = "metadata.json"
+MODEL_FUNCTIONS = ("embed", "prefill", "decode", "batch_prefill", "batch_decode", "batch_verify", "create_paged_kv_cache")
+
+
+class CompileError(Exception):
+    """The build cannot start or did not finish; the message says why and how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+    target: str = "llvm"
+    dtype: str = "float32"
+    cuda_arch: str = "sm_80"
+    num_threads: int | None = None  # llvm only; None = all cores of this machine
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise CompileError(f"unknown target {self.target!r}; choose one of: {', '.join(TARGETS)}")
+        if self.dtype not in DTYPES:
+            raise CompileError(f"unknown dtype {self.dtype!r}; choose one of: {', '.join(DTYPES)}")
+        if self.cuda_arch not in CUDA_ARCHS:
+            raise CompileError(f"unknown CUDA arch {self.cuda_arch!r}; choose one of: {', '.join(CUDA_ARCHS)}")
+        if self.target == "cuda" and shutil.which("nvcc") is None:
+            raise CompileError("target cuda needs nvcc on PATH (the CUDA toolkit); install it or use --target llvm")
+
+    def tvm_target(self) -> Target:
+        if self.target == "cuda":
+            return Target({"kind": "cuda", "arch": self.cuda_arch}, host=_host_target())
+        return _host_target(self.num_threads)
+
+
+def _host_target(num_threads: int | None = None) -> Target:
+    """The CPU of this machine, with its vector ISA, so LLVM can vectorise for it."""
+    cpu = tvm.target.codegen.llvm_get_system_cpu()
+    config: dict[str, Any] = {"kind": "llvm", "mcpu": cpu}
+    config["num-cores"] = num_threads or os.cpu_count() or 1
+    return Target(config)
+
+
+def export(model: GeneratedModel, config: Any, options: BuildOptions) -> tuple[tvm.IRModule, list[tuple[str, Any]]]:
+    """Export the generated nn.Module to a Relax IRModule plus its named parameter specs."""
+    module = model.package.ForCausalLM(config)
+    module.to(options.dtype)
+    with options.tvm_target():
+        ir_module, named_params, _ = module.export_tvm(spec=module.get_default_spec(), allow_extern=True)
+    return ir_module, named_params
+
+
+def metadata(model: GeneratedModel, config: Any, options: BuildOptions, named_params) -> dict[str, Any]:
+    """The MLC LLM `_metadata` fields, plus what our runtime needs to check an artifact."""
+    return {
+        "model_type": model.name,
+        "quantization": "q0f32" if options.dtype == "float32" else ("q0f16" if options.dtype == "float16" else "q0bf16"),
+        "context_window_size": config.context_window_size,
+        "sliding_window_size": -1,
+        "attention_sink_size": -1,
+        "prefill_chunk_size": config.prefill_chunk_size,
+        "tensor_parallel_shards": 1,
+        "pipeline_parallel_stages": 1,
+        "disaggregation": False,
+        "kv_state_kind": "kv_cache",
+        "max_batch_size": 80,
+        "params": [
+            {"name": name, "shape": [int(d) for d in param.shape], "dtype": param.dtype, "preprocs": []}
+            for name, param in named_params
+        ],
+        "kv_cache": {
+            "num_hidden_layers": config.num_hidden_layers,
+            "num_attention_heads": config.num_attention_heads,
+            "num_key_value_heads": config.num_key_value_heads,
+            "head_dim": config.head_dim,
+        },
+        "memory_usage": {},
+        # Not read by MLC; our runtime uses these to refuse mismatched artifacts.
+        "codegen": {
+            "architecture": model.name,
+            "config": config.to_dict(),
+            "dtype": options.dtype,
+            "target": options.target,
+            "cuda_arch": options.cuda_arch if options.target == "cuda" else None,
+            "vocab_size": config.vocab_size,
+            "functions": list(MODEL_FUNCTIONS),
+        },
+    }
+
+
+def _attach_metadata(ir_module: tvm.IRModule, fields: dict[str, Any]) -> tvm.IRModule:
+    builder = relax.BlockBuilder(ir_module)
+    with builder.function("_metadata", params=[]):
+        builder.emit_func_output(relax.expr.String(json.dumps(fields, sort_keys=True)))
+    return builder.finalize()
+
+
+def build(model: GeneratedModel, config: Any, options: BuildOptions) -> tuple[relax.VMExecutable, dict[str, Any]]:
+    """Export and compile; returns the executable and its metadata."""
+    ir_module, named_params = export(model, config, options)
+    fields = metadata(model, config, options, named_params)
+    ir_module = _attach_metadata(ir_module, fields)
+    target = options.tvm_target()
+    with target:
+        executable = tvm.compile(ir_module, target=target, relax_pipeline=_pipeline(options))
+    return executable, fields
+
+
+def _pipeline(options: BuildOptions):
+    from codegen import schedules
+
+    return schedules.pipeline(options.tvm_target())
+
+
+def compile_to_dir(model: GeneratedModel, config: Any, options: BuildOptions, output: Path) -> dict[str, Any]:
+    """Build into a temporary sibling folder, then move it into place, so a failed build leaves nothing."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.build-", dir=output.parent))
+    try:
+        started = time.perf_counter()
+        executable, fields = build(model, config, options)
+        executable.export_library(str(staging / LIBRARY_NAME))
+        fields["codegen"]["compile_seconds"] = round(time.perf_counter() - started, 1)
+        (staging / METADATA_NAME).write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
+        _replace_library_files(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return fields
+
+
+def _replace_library_files(staging: Path, output: Path) -> None:
+    """Move the library and metadata into output; weights converted there earlier stay."""
+    output.mkdir(parents=True, exist_ok=True)
+    for name in (LIBRARY_NAME, METADATA_NAME):
+        os.replace(staging / name, output / name)

@@ -1,0 +1,261 @@
+"""Render specs into black-formatted Python packages under generated/.
+
+Every value a template interpolates must pass one of the escaping filters below (they wrap their
+result in ``Code``); the environment's ``finalize`` refuses anything else, so a string from a spec
+can never reach generated code unescaped. Output is deterministic: no timestamps, stable ordering.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import keyword
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import black
+import jinja2
+
+from codegen import expr
+from codegen.spec import REPO_ROOT, Parameter, Spec, SpecError, load_spec
+
+TEMPLATES_DIR = REPO_ROOT / "templates"
+SPECS_DIR = REPO_ROOT / "specs"
+GENERATED_DIR = REPO_ROOT / "generated"
+
+# Template -> generated file name, in a fixed order.
+PACKAGE_FILES = {
+    "__init__.py.j2": "__init__.py",
+    "model.py.j2": "model.py",
+    "weights.py.j2": "weights.py",
+    "presets.py.j2": "presets.py",
+}
+ROOT_INIT = '"""Packages generated from specs/ by `codegen generate`. DO NOT EDIT."""\n'
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TENSOR_NAME = re.compile(r"^[A-Za-z0-9_]+(\.([A-Za-z0-9_]+|\{i\}))*$")
+_BLACK_MODE = black.Mode(line_length=100)
+
+
+class RenderError(Exception):
+    """A template tried to emit an unescaped value, or rendered code that black cannot parse."""
+
+
+class Code(str):
+    """Text that an escaping filter produced and may be pasted into generated code."""
+
+
+def py_literal(value: Any) -> Code:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return Code(repr(value))
+    raise RenderError(f"cannot render {type(value).__name__} {value!r} as a Python literal")
+
+
+def identifier(value: Any) -> Code:
+    if not isinstance(value, str) or not _IDENTIFIER.match(value) or keyword.iskeyword(value):
+        raise RenderError(f"{value!r} is not a Python identifier")
+    return Code(value)
+
+
+def tensor_name(value: Any) -> Code:
+    """A tensor name literal; names with {i} become f-strings (the pattern allows no other braces)."""
+    if not isinstance(value, str) or not _TENSOR_NAME.match(value):
+        raise RenderError(f"{value!r} is not a tensor name")
+    return Code(("f" if "{i}" in value else "") + repr(value))
+
+
+def docstring_text(value: Any) -> Code:
+    text = " ".join(str(value).split())
+    return Code(text.replace("\\", "\\\\").replace('"', '\\"'))
+
+
+def comment_text(value: Any) -> Code:
+    return Code(" ".join(str(value).split()))
+
+
+def field_type(kind: str) -> Code:
+    return Code({"int": "int", "float": "float", "bool": "bool", "activation": "str"}[kind])
+
+
+def expression(value: expr.Expression) -> Code:
+    if not isinstance(value, expr.Expression):
+        raise RenderError(f"{value!r} is not a parsed expression")
+    return Code(value.source)
+
+
+def weight_source(spec: Spec, parameter: Parameter) -> Code:
+    rule = spec.weight_rules.get(parameter.name)
+    sources = rule.sources if rule else (parameter.name,)
+    names = ", ".join(tensor_name(name) for name in sources)
+    transforms = ""
+    if rule and rule.transforms:
+        transforms = ", transforms=(" + ", ".join(py_literal(t) for t in rule.transforms) + ",)"
+    return Code(f"WeightSource(({names},){transforms})")
+
+
+def _finalize(value: Any) -> str:
+    if isinstance(value, Code):
+        return value
+    raise RenderError(f"template emitted {value!r} without an escaping filter")
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        undefined=jinja2.StrictUndefined,
+        finalize=_finalize,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,  # HTML escaping means nothing here; `finalize` enforces the code filters
+    )
+    env.filters.update(
+        py=py_literal,
+        ident=identifier,
+        tensor_name=tensor_name,
+        docstring=docstring_text,
+        py_comment=comment_text,
+        field_type=field_type,
+        expression=expression,
+        weight_source=weight_source,
+    )
+    return env
+
+
+def _relative_spec_path(spec: Spec) -> str:
+    try:
+        return spec.source.relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return spec.source.name
+
+
+def render_package(spec: Spec) -> dict[str, str]:
+    """File name -> formatted source of the generated package for one spec."""
+    env = _environment()
+    files = {}
+    for template_name, file_name in PACKAGE_FILES.items():
+        source = env.get_template(template_name).render(spec=spec, spec_path=_relative_spec_path(spec))
+        try:
+            files[file_name] = black.format_str(source, mode=_BLACK_MODE)
+        except black.InvalidInput as exc:  # a template bug, never spec content
+            raise RenderError(f"{template_name} rendered invalid Python for {spec.name}: {exc}") from exc
+    return files
+
+
+def spec_paths(specs_dir: Path = SPECS_DIR) -> list[Path]:
+    return sorted(specs_dir.glob("*.yaml"))
+
+
+def render_tree(paths: Iterable[Path]) -> dict[str, str]:
+    """Relative path -> content of the whole generated/ tree for these specs."""
+    tree = {"__init__.py": ROOT_INIT}
+    owners: dict[str, Path] = {}
+    for path in paths:
+        spec = load_spec(path)
+        if spec.name in owners:
+            raise SpecError(path, None, ("name",), f"{spec.name!r} is already the name of {owners[spec.name].name}")
+        owners[spec.name] = path
+        for file_name, source in render_package(spec).items():
+            tree[f"{spec.name}/{file_name}"] = source
+    return tree
+
+
+def _write_tree(tree: dict[str, str], root: Path) -> None:
+    for relative, content in tree.items():
+        target = root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+
+
+def import_package(package_dir: Path, module_name: str):
+    """Import a generated package from any folder (it uses relative imports between its files)."""
+    init = package_dir / "__init__.py"
+    module_spec = importlib.util.spec_from_file_location(module_name, init, submodule_search_locations=[str(package_dir)])
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        for name in [n for n in sys.modules if n == module_name or n.startswith(module_name + ".")]:
+            del sys.modules[name]
+        raise
+    return module
+
+
+def check_presets(spec: Spec, package_dir: Path) -> None:
+    """Every preset must build a config with the generated from_dict (one implementation of the rules)."""
+    module = import_package(package_dir, f"_codegen_check_{spec.name}_{os.getpid()}")
+    for preset, values in module.PRESETS.items():
+        try:
+            module.Config.from_dict(values)
+        except module.ConfigError as exc:
+            raise spec.error(("presets", preset), str(exc)) from None
+
+
+def generate(
+    output_dir: Path = GENERATED_DIR,
+    paths: Iterable[Path] | None = None,
+    before_swap: Callable[[Path], None] | None = None,
+) -> list[str]:
+    """Render every spec into a temporary sibling folder and swap it in only when all succeeded.
+
+    Returns the relative paths written. ``before_swap`` lets tests inject a failure at the last step.
+    """
+    paths = list(spec_paths() if paths is None else paths)
+    tree = render_tree(paths)
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.new-", dir=output_dir.parent))
+    try:
+        _write_tree(tree, staging)
+        for path in paths:
+            spec = load_spec(path)
+            check_presets(spec, staging / spec.name)
+        if before_swap is not None:
+            before_swap(staging)
+        _swap_into_place(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return sorted(tree)
+
+
+def _swap_into_place(staging: Path, output_dir: Path) -> None:
+    retired = output_dir.parent / f".{output_dir.name}.old-{os.getpid()}"
+    if output_dir.exists():
+        os.replace(output_dir, retired)
+    os.replace(staging, output_dir)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def stale_files(output_dir: Path = GENERATED_DIR, paths: Iterable[Path] | None = None) -> list[str]:
+    """Relative paths in output_dir that differ from a fresh render (missing, changed or orphaned)."""
+    tree = render_tree(spec_paths() if paths is None else paths)
+    output_dir = Path(output_dir)
+    present = {
+        p.relative_to(output_dir).as_posix()
+        for p in output_dir.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    } if output_dir.exists() else set()
+    stale = [name for name, content in tree.items() if name not in present or (output_dir / name).read_text() != content]
+    return sorted(stale + sorted(present - set(tree)))
+
+
+def diff_specs(first: Path, second: Path) -> str:
+    """Unified diff of what two specs generate, file by file."""
+    packages = [render_package(load_spec(path)) for path in (first, second)]
+    chunks = []
+    for file_name in PACKAGE_FILES.values():
+        chunks.extend(
+            difflib.unified_diff(
+                packages[0][file_name].splitlines(keepends=True),
+                packages[1][file_name].splitlines(keepends=True),
+                fromfile=f"{Path(first).name}: {file_name}",
+                tofile=f"{Path(second).name}: {file_name}",
+            )
+        )
+    return "".join(chunks)

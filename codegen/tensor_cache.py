@@ -1,0 +1,145 @@
+"""The tensor-cache weight format (tensor-cache.json + binary shards) that MLC LLM and WebLLM read.
+
+We write it ourselves so we can stream (one shard in memory), store tensors raw (no lossy
+re-encoding) and add a sha256 per shard, which our loader verifies. Readers built for the format
+ignore the extra key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import ml_dtypes
+import numpy as np
+import tvm
+
+INDEX_NAME = "tensor-cache.json"
+SHARD_PREFIX = "params_shard_"
+DEFAULT_SHARD_BYTES = 32 << 20
+
+_NUMPY_DTYPES = {
+    "float32": np.dtype("float32"),
+    "float16": np.dtype("float16"),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+}
+
+
+class TensorCacheError(RuntimeError):
+    """A tensor cache is missing, damaged, or does not hold what the model needs."""
+
+
+def numpy_dtype(dtype: str) -> np.dtype:
+    if dtype not in _NUMPY_DTYPES:
+        raise TensorCacheError(f"unsupported dtype {dtype!r}; supported: {', '.join(_NUMPY_DTYPES)}")
+    return _NUMPY_DTYPES[dtype]
+
+
+class ShardWriter:
+    """Append tensors in order; shards are flushed to disk when full, so memory stays at one shard."""
+
+    def __init__(self, directory: Path, shard_bytes: int = DEFAULT_SHARD_BYTES):
+        self.directory = Path(directory)
+        self.shard_bytes = shard_bytes
+        self.shards: list[dict[str, Any]] = []
+        self._buffer = bytearray()
+        self._records: list[dict[str, Any]] = []
+
+    def add(self, name: str, array: np.ndarray, dtype: str) -> None:
+        data = np.ascontiguousarray(array).tobytes()
+        if self._buffer and len(self._buffer) + len(data) > self.shard_bytes:
+            self._flush()
+        self._records.append(
+            {
+                "name": name,
+                "shape": [int(d) for d in array.shape],
+                "dtype": dtype,
+                "format": "raw",
+                "nbytes": len(data),
+                "byteOffset": len(self._buffer),
+            }
+        )
+        self._buffer += data
+
+    def _flush(self) -> None:
+        path = f"{SHARD_PREFIX}{len(self.shards)}.bin"
+        (self.directory / path).write_bytes(self._buffer)
+        self.shards.append(
+            {
+                "dataPath": path,
+                "format": "raw-shard",
+                "nbytes": len(self._buffer),
+                "records": self._records,
+                "sha256": hashlib.sha256(self._buffer).hexdigest(),
+            }
+        )
+        self._buffer, self._records = bytearray(), []
+
+    def finish(self, metadata: dict[str, Any]) -> None:
+        if self._records:
+            self._flush()
+        index = {"metadata": metadata, "records": self.shards}
+        (self.directory / INDEX_NAME).write_text(json.dumps(index, indent=1) + "\n")
+
+
+def write(tensors: Iterable[tuple[str, np.ndarray, str]], directory: Path, metadata: dict[str, Any]) -> None:
+    writer = ShardWriter(directory)
+    for name, array, dtype in tensors:
+        writer.add(name, array, dtype)
+    writer.finish(metadata)
+
+
+def read_index(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / INDEX_NAME
+    if not path.is_file():
+        raise TensorCacheError(f"{directory} has no {INDEX_NAME}: run `codegen convert --output {directory}` first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise TensorCacheError(f"{path} is not valid JSON: {exc}") from None
+
+
+def load_params(directory: Path, expected: list[dict[str, Any]], device: tvm.runtime.Device) -> list[tvm.runtime.Tensor]:
+    """Load and verify every parameter, in the order the compiled model expects them."""
+    directory = Path(directory)
+    index = read_index(directory)
+    arrays: dict[str, np.ndarray] = {}
+    for shard in index.get("records", []):
+        path = (directory / shard["dataPath"]).resolve()
+        if not path.is_relative_to(directory.resolve()) or not path.is_file():
+            raise TensorCacheError(f"shard {shard['dataPath']!r} is missing or lies outside {directory}")
+        data = path.read_bytes()
+        if len(data) != shard["nbytes"]:
+            raise TensorCacheError(f"shard {path.name} has {len(data)} bytes, the index says {shard['nbytes']}")
+        if "sha256" in shard and hashlib.sha256(data).hexdigest() != shard["sha256"]:
+            raise TensorCacheError(f"shard {path.name} fails its sha256 check: the file is damaged; convert again")
+        for record in shard["records"]:
+            arrays[record["name"]] = _decode(record, data, path.name)
+    tensors = []
+    for param in expected:
+        name = param["name"]
+        if name not in arrays:
+            raise TensorCacheError(f"the tensor cache in {directory} lacks parameter {name!r}")
+        array = arrays[name]
+        if list(array.shape) != list(param["shape"]) or str(array.dtype) != param["dtype"]:
+            raise TensorCacheError(
+                f"parameter {name!r} is {array.dtype}{list(array.shape)} in the tensor cache,"
+                f" the model needs {param['dtype']}{list(param['shape'])}"
+            )
+        tensor = tvm.runtime.empty(array.shape, param["dtype"], device=device)
+        tensor.copyfrom(array)
+        tensors.append(tensor)
+    return tensors
+
+
+def _decode(record: dict[str, Any], data: bytes, shard_name: str) -> np.ndarray:
+    if record.get("format") != "raw":
+        raise TensorCacheError(f"{record['name']}: encoding {record.get('format')!r} is not supported (only raw)")
+    dtype = numpy_dtype(record["dtype"])
+    offset, nbytes = int(record["byteOffset"]), int(record["nbytes"])
+    count = int(np.prod(record["shape"], dtype=np.int64))
+    if offset < 0 or offset + nbytes > len(data) or nbytes != count * dtype.itemsize:
+        raise TensorCacheError(f"{record['name']}: offset/size in the index do not fit shard {shard_name}")
+    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(record["shape"])

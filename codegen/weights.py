@@ -1,0 +1,109 @@
+"""Convert a Hugging Face checkpoint into the tensor cache, through the generated weight map."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from codegen import tensor_cache
+from codegen.checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from codegen.models import GeneratedModel
+
+__all__ = ["CheckpointError", "convert", "apply_transforms"]
+
+
+def apply_transforms(array: np.ndarray, transforms: tuple[str, ...], config: Any) -> np.ndarray:
+    for transform in transforms:
+        if transform == "transpose":
+            array = array.T
+        elif transform == "deinterleave_qkv":
+            # Rows are [head][q|k|v][head_dim]; the KV cache wants [q|k|v][head][head_dim].
+            heads, head_dim = config.num_attention_heads, config.head_dim
+            rest = array.shape[1:]
+            array = array.reshape(heads, 3, head_dim, *rest).swapaxes(0, 1).reshape(3 * heads * head_dim, *rest)
+        else:
+            raise ValueError(f"unknown weight transform {transform!r}")
+    return array
+
+
+def parameter_specs(model: GeneratedModel, config: Any, dtype: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Parameter name -> (shape, dtype) exactly as the exported model declares them."""
+    module = model.package.ForCausalLM(config)
+    module.to(dtype)
+    return {name: (tuple(int(d) for d in p.shape), p.dtype) for name, p in module.named_parameters()}
+
+
+def _mapped_tensors(
+    model: GeneratedModel, config: Any, checkpoint: Checkpoint, dtype: str
+) -> Iterator[tuple[str, np.ndarray, str]]:
+    specs = parameter_specs(model, config, dtype)
+    sources = model.package.weight_map(config)
+    if set(sources) != set(specs):
+        raise RuntimeError(f"generated weight map and model disagree on {sorted(set(sources) ^ set(specs))}")
+    available = set(checkpoint.names())
+    needed = {name for source in sources.values() for name in source.hf_names}
+    missing = sorted(needed - available)
+    unexpected = sorted(available - needed - model.package.ignored_tensors(config))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {checkpoint.location} does not match {model.name} for this config.json:"
+            + (f"\n  missing tensors: {', '.join(missing)}" if missing else "")
+            + (f"\n  unexpected tensors: {', '.join(unexpected)}" if unexpected else "")
+        )
+    target_dtype = tensor_cache.numpy_dtype(dtype)
+    for name, source in sources.items():
+        parts = [apply_transforms(checkpoint.get(hf_name), source.transforms, config) for hf_name in source.hf_names]
+        array = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        shape, _ = specs[name]
+        if tuple(array.shape) != shape:
+            names = " + ".join(source.hf_names)
+            raise CheckpointError(f"{names}: shape {list(array.shape)} does not fit parameter {name} {list(shape)}")
+        yield name, array.astype(target_dtype), dtype
+
+
+def convert(
+    model: GeneratedModel,
+    model_dir: Path,
+    output: Path,
+    dtype: str = "float32",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write the tensor cache for model_dir into output (temporary folder first, renamed when complete)."""
+    model_dir, output = Path(model_dir), Path(output)
+    config = model.package.Config.from_file(model_dir / "config.json")
+    checkpoint = open_checkpoint(model_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".weights-", dir=output))
+    try:
+        tensors = _mapped_tensors(model, config, checkpoint, dtype)
+        if progress:
+            tensors = _with_progress(tensors, len(model.package.weight_map(config)))
+        metadata = {"architecture": model.name, "dtype": dtype, "source": str(model_dir)}
+        tensor_cache.write(tensors, staging, metadata)
+        _replace_weights(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        checkpoint.close()
+    return {"config": config, "index": json.loads((output / tensor_cache.INDEX_NAME).read_text())}
+
+
+def _with_progress(tensors, total: int):
+    from tqdm import tqdm
+
+    return tqdm(tensors, total=total, unit="tensor", desc="convert", leave=False)
+
+
+def _replace_weights(staging: Path, output: Path) -> None:
+    """Swap the new shards in, index last: a reader never sees an index that names missing shards."""
+    for old in output.glob(f"{tensor_cache.SHARD_PREFIX}*.bin"):
+        old.unlink()
+    (output / tensor_cache.INDEX_NAME).unlink(missing_ok=True)
+    for shard in sorted(staging.glob(f"{tensor_cache.SHARD_PREFIX}*.bin")):
+        os.replace(shard, output / shard.name)
+    os.replace(staging / tensor_cache.INDEX_NAME, output / tensor_cache.INDEX_NAME)

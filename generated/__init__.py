@@ -1,0 +1,1 @@
+"""Packages generated from specs/ by `codegen generate`. DO NOT EDIT."""
