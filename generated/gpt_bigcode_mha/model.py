@@ -82,6 +82,9 @@ class GPTBigCodeMHAConfig:
     tie_word_embeddings: bool
     scale_attention: bool
     activation: str
+    # Rows of the learned position table: the checkpoint's context window, which an override of
+    # context_window_size may shrink but never grow.
+    position_table_size: int = 0
     prefill_chunk_size: int = DEFAULT_PREFILL_CHUNK_SIZE
 
     @classmethod
@@ -120,6 +123,7 @@ class GPTBigCodeMHAConfig:
             tie_word_embeddings=tie_word_embeddings,
             scale_attention=scale_attention,
             activation=activation,
+            position_table_size=context_window_size,
             prefill_chunk_size=min(DEFAULT_PREFILL_CHUNK_SIZE, context_window_size),
         )
         return dataclasses.replace(config, **overrides) if overrides else config
@@ -138,6 +142,11 @@ class GPTBigCodeMHAConfig:
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"num_attention_heads ({self.num_attention_heads}) must divide hidden_size ({self.hidden_size})"
+            )
+        if self.context_window_size > self.position_table_size:
+            raise ConfigError(
+                f"context_window_size {self.context_window_size} exceeds the"
+                f" {self.position_table_size} learned positions of this checkpoint"
             )
         if self.prefill_chunk_size > self.context_window_size:
             raise ConfigError("prefill_chunk_size must not exceed context_window_size")
@@ -218,7 +227,7 @@ class GPTBigCodeMHAModel(nn.Module):
     def __init__(self, config: GPTBigCodeMHAConfig):
         super().__init__()
         self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.wpe = nn.Embedding(config.context_window_size, config.hidden_size)
+        self.wpe = nn.Embedding(config.position_table_size, config.hidden_size)
         self.h = nn.ModuleList(
             [GPTBigCodeMHABlock(config) for _ in range(config.num_hidden_layers)]
         )
