@@ -7,9 +7,11 @@ can never reach generated code unescaped. Output is deterministic: no timestamps
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.util
 import keyword
+import math
 import os
 import re
 import shutil
@@ -51,31 +53,43 @@ class Code(str):
 
 
 def py_literal(value: Any) -> Code:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RenderError(f"{value!r} has no Python literal")  # repr gives `inf`/`nan`: a NameError
     if value is None or isinstance(value, (bool, int, float, str)):
         return Code(repr(value))
     raise RenderError(f"cannot render {type(value).__name__} {value!r} as a Python literal")
 
 
 def identifier(value: Any) -> Code:
-    if not isinstance(value, str) or not _IDENTIFIER.match(value) or keyword.iskeyword(value):
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value) or keyword.iskeyword(value):
         raise RenderError(f"{value!r} is not a Python identifier")
     return Code(value)
 
 
 def tensor_name(value: Any) -> Code:
     """A tensor name literal; names with {i} become f-strings (the pattern allows no other braces)."""
-    if not isinstance(value, str) or not _TENSOR_NAME.match(value):
+    if not isinstance(value, str) or not _TENSOR_NAME.fullmatch(value):
         raise RenderError(f"{value!r} is not a tensor name")
     return Code(("f" if "{i}" in value else "") + repr(value))
 
 
+def _printable(text: str) -> str:
+    """Control characters, lone surrogates and the like become visible escapes (\\x00, \\ud800)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii") for c in text)
+
+
 def docstring_text(value: Any) -> Code:
     text = " ".join(str(value).split())
-    return Code(text.replace("\\", "\\\\").replace('"', '\\"'))
+    return Code(_printable(text.replace("\\", "\\\\").replace('"', '\\"')))
 
 
 def comment_text(value: Any) -> Code:
-    return Code(" ".join(str(value).split()))
+    return Code(_printable(" ".join(str(value).split())))
+
+
+def template_text(value: str) -> Code:
+    """A literal written in the template itself (never a spec value), e.g. a choice of class name."""
+    return Code(value)
 
 
 def field_type(kind: str) -> Code:
@@ -121,6 +135,7 @@ def _environment() -> jinja2.Environment:
         docstring=docstring_text,
         py_comment=comment_text,
         field_type=field_type,
+        raw=template_text,
         expression=expression,
         weight_source=weight_source,
     )
@@ -158,7 +173,7 @@ def render_tree(paths: Iterable[Path]) -> dict[str, str]:
     for path in paths:
         spec = load_spec(path)
         if spec.name in owners:
-            raise SpecError(path, None, ("name",), f"{spec.name!r} is already the name of {owners[spec.name].name}")
+            raise spec.error(("name",), f"{spec.name!r} is already the name of {owners[spec.name].name}")
         owners[spec.name] = path
         for file_name, source in render_package(spec).items():
             tree[f"{spec.name}/{file_name}"] = source
@@ -169,7 +184,7 @@ def _write_tree(tree: dict[str, str], root: Path) -> None:
     for relative, content in tree.items():
         target = root / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content)
+        target.write_text(content, encoding="utf-8")
 
 
 def import_package(package_dir: Path, module_name: str):
@@ -177,24 +192,35 @@ def import_package(package_dir: Path, module_name: str):
     init = package_dir / "__init__.py"
     module_spec = importlib.util.spec_from_file_location(module_name, init, submodule_search_locations=[str(package_dir)])
     module = importlib.util.module_from_spec(module_spec)
+    _forget_modules(module_name)  # else `.model` would resolve to a stale submodule of an earlier import
     sys.modules[module_name] = module
     try:
         module_spec.loader.exec_module(module)
     except BaseException:
-        for name in [n for n in sys.modules if n == module_name or n.startswith(module_name + ".")]:
-            del sys.modules[name]
+        _forget_modules(module_name)
         raise
     return module
 
 
+def _forget_modules(module_name: str) -> None:
+    for name in [n for n in sys.modules if n == module_name or n.startswith(module_name + ".")]:
+        del sys.modules[name]
+
+
 def check_presets(spec: Spec, package_dir: Path) -> None:
     """Every preset must build a config with the generated from_dict (one implementation of the rules)."""
-    module = import_package(package_dir, f"_codegen_check_{spec.name}_{os.getpid()}")
-    for preset, values in module.PRESETS.items():
-        try:
-            module.Config.from_dict(values)
-        except module.ConfigError as exc:
-            raise spec.error(("presets", preset), str(exc)) from None
+    module_name = f"_codegen_check_{spec.name}_{os.getpid()}"
+    module = import_package(package_dir, module_name)
+    try:
+        for preset, values in module.PRESETS.items():
+            try:
+                module.Config.from_dict(values)
+            except module.ConfigError as exc:
+                raise spec.error(("presets", preset), str(exc)) from None
+            except (ArithmeticError, TypeError, ValueError) as exc:  # e.g. a size expression dividing by 0
+                raise spec.error(("presets", preset), f"cannot build a config: {type(exc).__name__}: {exc}") from None
+    finally:
+        _forget_modules(module_name)
 
 
 def generate(
@@ -225,10 +251,17 @@ def generate(
 
 
 def _swap_into_place(staging: Path, output_dir: Path) -> None:
-    retired = output_dir.parent / f".{output_dir.name}.old-{os.getpid()}"
-    if output_dir.exists():
-        os.replace(output_dir, retired)
-    os.replace(staging, output_dir)
+    """Two renames; if the second fails, the first is undone, so output_dir is never left missing."""
+    if not output_dir.exists():
+        os.replace(staging, output_dir)
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
+    os.replace(output_dir, retired)  # replaces the empty placeholder folder
+    try:
+        os.replace(staging, output_dir)
+    except BaseException:
+        os.replace(retired, output_dir)
+        raise
     shutil.rmtree(retired, ignore_errors=True)
 
 
@@ -246,8 +279,21 @@ def stale_files(output_dir: Path = GENERATED_DIR, paths: Iterable[Path] | None =
 
 
 def diff_specs(first: Path, second: Path) -> str:
-    """Unified diff of what two specs generate, file by file."""
-    packages = [render_package(load_spec(path)) for path in (first, second)]
+    """Unified diff of what two specs generate, file by file.
+
+    The second spec is rendered under the first one's identity (name, class prefix, description,
+    header), so the diff lists what the code does differently rather than every renamed class.
+    """
+    base, other = load_spec(first), load_spec(second)
+    aligned = dataclasses.replace(
+        other,
+        source=base.source,
+        name=base.name,
+        class_prefix=base.class_prefix,
+        description=base.description,
+        document=base.document,
+    )
+    packages = [render_package(base), render_package(aligned)]
     chunks = []
     for file_name in PACKAGE_FILES.values():
         chunks.extend(

@@ -11,6 +11,8 @@ import dataclasses
 import hashlib
 import json
 import keyword
+import math
+import re
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterator, Mapping
@@ -28,6 +30,7 @@ _MAX_NODES = 20_000  # guards against alias bombs ("billion laughs")
 _MAX_DEPTH = 32
 
 KeyPath = tuple[Any, ...]
+_PLAIN_COLLECTION_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
 
 class SpecError(Exception):
@@ -47,6 +50,12 @@ def format_key_path(key_path: KeyPath) -> str:
     for key in key_path:
         out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else str(key))
     return out
+
+
+def _brief(value: Any, limit: int = 80) -> str:
+    """repr of a value, shortened in the middle: error messages stay readable for hostile input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit // 2]}...{text[-limit // 4:]} ({len(text)} characters)"
 
 
 def _display(path: Path) -> str:
@@ -95,16 +104,40 @@ def _read_yaml(path: Path) -> _Located:
         finally:
             loader.dispose()
     except UnicodeDecodeError as exc:
-        raise SpecError(path, None, (), f"spec is not UTF-8 text ({exc.reason})") from None
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SpecError(path, line, (), f"spec is not UTF-8 text ({exc.reason})") from None
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else None
         raise SpecError(path, line, (), f"invalid YAML: {exc.problem}") from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow; position counts characters
+        line = text[: exc.position].count("\n") + 1
+        raise SpecError(path, line, (), f"invalid YAML: character {exc.character!r} is not allowed ({exc.reason})") from None
     except yaml.YAMLError as exc:
         raise SpecError(path, None, (), f"invalid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise SpecError(path, 1, (), "a spec must be a mapping of keys (name, architecture, ...)")
     where.setdefault((), (path, 1))
-    return _Located(data, where)
+    located = _Located(data, where)
+    _check_values(located, data, ())
+    return located
+
+
+def _check_values(document: _Located, value: Any, key_path: KeyPath) -> None:
+    """Numbers must be finite (`.inf`/`.nan` have no Python literal) and text must be encodable."""
+    if isinstance(value, dict):
+        for key, child in value.items():
+            _check_values(document, key, key_path + (key,))
+            _check_values(document, child, key_path + (key,))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            _check_values(document, child, key_path + (index,))
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise document.error(key_path, f"{value!r} is not allowed: numbers must be finite")
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise document.error(key_path, f"{value!r} contains a lone surrogate, which is not text") from None
 
 
 def _construct(loader, node, key_path, where, path, counter, depth=0):
@@ -112,6 +145,8 @@ def _construct(loader, node, key_path, where, path, counter, depth=0):
     line = node.start_mark.line + 1
     if counter[0] > _MAX_NODES or depth > _MAX_DEPTH:
         raise SpecError(path, line, key_path, "spec is too large or too deeply nested (alias expansion?)")
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_COLLECTION_TAGS:
+        raise SpecError(path, line, key_path, f"invalid YAML: tag {node.tag!r} is not allowed in a spec")
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
         out: dict[str, Any] = {}
@@ -142,13 +177,18 @@ def _load_with_extends(path: Path, root_dir: Path, chain: tuple[Path, ...]) -> _
         return document
     if not isinstance(parent_name, str):
         raise document.error(("extends",), "must be a path to a parent spec (a string)")
-    parent = (path.parent / parent_name).resolve()
+    try:
+        parent = (path.parent / parent_name).resolve()
+        parent_is_file = parent.is_file()
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise document.error(("extends",), f"parent {_brief(parent_name)} is not a usable path ({reason})") from None
     if not parent.is_relative_to(root_dir):
         raise document.error(("extends",), f"parent {parent_name!r} lies outside {_display(root_dir)}")
     if parent in chain or parent == path:
         cycle = " -> ".join(_display(p) for p in (*chain, path, parent))
         raise document.error(("extends",), f"cyclic extends: {cycle}")
-    if not parent.is_file():
+    if not parent_is_file:
         raise document.error(("extends",), f"parent spec {parent_name!r} does not exist")
     base = _load_with_extends(parent, root_dir, (*chain, path))
     _merge(base.data, document.data)
@@ -173,7 +213,7 @@ class ConfigField:
 
     name: str
     kind: str  # "int" | "float" | "bool" | "activation"
-    hf: str | None
+    hf: str | tuple[str, ...] | None  # a field or dotted path; a tuple is tried in order
     default: Any
     default_from: expr.Expression | None
     values: Mapping[str, str]  # activation fields: HF name -> computed activation
@@ -266,7 +306,7 @@ def _schema() -> dict[str, Any]:
 
 
 def _check_schema(document: _Located) -> None:
-    validator = jsonschema.Draft202012Validator(_schema())
+    validator = _Validator(_schema())
     errors = sorted(validator.iter_errors(document.data), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if not errors:
         return
@@ -279,16 +319,28 @@ def _check_schema(document: _Located) -> None:
             raise document.error(key_path + (unknown[0],), f"unknown key {unknown[0]!r}; allowed keys: {', '.join(allowed)}")
     if error.validator == "enum":
         allowed = ", ".join(map(str, error.validator_value))
-        raise document.error(key_path, f"{error.instance!r} is not allowed; allowed values: {allowed}")
+        raise document.error(key_path, f"{_brief(error.instance)} is not allowed; allowed values: {allowed}")
     if error.validator == "required":
         missing = next(k for k in error.validator_value if k not in error.instance)
         raise document.error(key_path, f"missing required key {missing!r}")
     if error.validator == "pattern":
-        raise document.error(key_path, f"{error.instance!r} does not match the pattern {error.validator_value}")
+        raise document.error(key_path, f"{_brief(error.instance)} does not match the pattern {error.validator_value}")
     if error.validator == "type":
         expected = error.validator_value if isinstance(error.validator_value, str) else " or ".join(error.validator_value)
-        raise document.error(key_path, f"{error.instance!r} is not of type {expected}")
+        raise document.error(key_path, f"{_brief(error.instance)} is not of type {expected}")
     raise document.error(key_path, error.message)
+
+
+def _full_match_pattern(validator, pattern: str, instance: Any, schema: Any):
+    """JSON Schema (ECMA 262) `$` ends the string; Python's `$` also matches before a final newline,
+    so "wte\\n" would pass "^[a-z]+$" and carry a newline into generated code. Match with `\\Z`."""
+    if isinstance(instance, str):
+        anchored = pattern[:-1] + r"\Z" if pattern.endswith("$") and not pattern.endswith("\\$") else pattern
+        if not re.search(anchored, instance):
+            yield jsonschema.ValidationError(f"{_brief(instance)} does not match {pattern!r}")
+
+
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _full_match_pattern})
 
 
 def _most_specific(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
@@ -418,7 +470,7 @@ def _config_fields(document: _Located, architecture) -> tuple[ConfigField, ...]:
         fields[name] = ConfigField(
             name=name,
             kind=_FIELD_KINDS[name],
-            hf=entry.get("hf"),
+            hf=_hf_source(entry.get("hf")),
             default=entry.get("default"),
             default_from=parsed,
             values=MappingProxyType(dict(entry.get("values", {}))),
@@ -427,6 +479,13 @@ def _config_fields(document: _Located, architecture) -> tuple[ConfigField, ...]:
     if activation.default is not None and activation.default not in activation.values:
         raise document.error(("config", "activation", "default"), f"{activation.default!r} is not one of values: {', '.join(activation.values)}")
     return tuple(_dependency_order(document, fields))
+
+
+def _hf_source(value: str | list[str] | None) -> str | tuple[str, ...] | None:
+    """One HF field name stays a string; a list of fallbacks becomes a tuple (one item: its string)."""
+    if isinstance(value, list):
+        return value[0] if len(value) == 1 else tuple(value)
+    return value
 
 
 def _dependency_order(document: _Located, fields: dict[str, ConfigField]) -> Iterator[ConfigField]:

@@ -38,24 +38,42 @@ class ConfigError(ValueError):
 _MISSING = object()
 
 
-def _read(hf_config: Mapping[str, Any], key: str, kind: type, default: Any = _MISSING) -> Any:
-    value = hf_config.get(key)
+def _lookup(hf_config: Mapping[str, Any], key: str | tuple[str, ...]) -> tuple[str, Any]:
+    """(name, value) of the first of key's names that config.json sets, not null; a.b reads a nested field."""
+    names = (key,) if isinstance(key, str) else key
+    for name in names:
+        value: Any = hf_config
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if value is not None:
+            return name, value
+    return " or ".join(names), None
+
+
+def _read(
+    hf_config: Mapping[str, Any], key: str | tuple[str, ...], kind: type, default: Any = _MISSING
+) -> Any:
+    name, value = _lookup(hf_config, key)
     if value is None:
         if default is _MISSING:
-            raise ConfigError(f"config.json lacks the required field {key!r}")
+            raise ConfigError(f"config.json lacks the required field {name!r}")
         return default
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"config.json field {key!r} must be {kind.__name__}, got {value!r}")
+        raise ConfigError(f"config.json field {name!r} must be {kind.__name__}, got {value!r}")
     return value
 
 
-def _expect(hf_config: Mapping[str, Any], key: str, expected: Any, default: Any) -> None:
-    value = hf_config.get(key, default)
+def _expect(
+    hf_config: Mapping[str, Any], key: str | tuple[str, ...], expected: Any, default: Any
+) -> None:
+    name, value = _lookup(hf_config, key)
+    if value is None:
+        value = default
     if value != expected:
         raise ConfigError(
-            f"config.json has {key}={value!r}, but spec {ARCHITECTURE!r} is for {key}={expected!r}"
+            f"config.json has {name}={value!r}, but spec {ARCHITECTURE!r} is for {name}={expected!r}"
         )
 
 
@@ -159,8 +177,26 @@ class GPTBigCodeMHAConfig:
         return dataclasses.asdict(self)
 
 
-def _norm(config: GPTBigCodeMHAConfig) -> nn.Module:
-    return nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+class GPTBigCodeMHANorm(nn.Module):
+    """LayerNorm, computed in float32 for 16-bit models (TVM's kernel has no bfloat16 form)."""
+
+    def __init__(self, config: GPTBigCodeMHAConfig):
+        super().__init__()
+        self.hidden_size = config.hidden_size
+        self.eps = config.norm_eps
+        self.weight = nn.Parameter((config.hidden_size,))
+        self.bias = nn.Parameter((config.hidden_size,))
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        if dtype != "float32":
+            x = x.astype("float32")
+        weight = self.weight if self.weight.dtype == "float32" else self.weight.astype("float32")
+        bias = self.bias if self.bias.dtype == "float32" else self.bias.astype("float32")
+        out = op.layer_norm(
+            x, normalized_shape=self.hidden_size, weight=weight, bias=bias, eps=self.eps
+        )
+        return out if dtype == "float32" else out.astype(dtype)
 
 
 def _activate(x: Tensor, activation: str) -> Tensor:
@@ -212,9 +248,9 @@ class GPTBigCodeMHAAttention(nn.Module):
 class GPTBigCodeMHABlock(nn.Module):
     def __init__(self, config: GPTBigCodeMHAConfig):
         super().__init__()
-        self.ln_1 = _norm(config)
+        self.ln_1 = GPTBigCodeMHANorm(config)
         self.attn = GPTBigCodeMHAAttention(config)
-        self.ln_2 = _norm(config)
+        self.ln_2 = GPTBigCodeMHANorm(config)
         self.mlp = GPTBigCodeMHAMLP(config)
 
     def forward(self, hidden_states: Tensor, paged_kv_cache: PagedKVCache, layer_id: int) -> Tensor:
@@ -231,7 +267,7 @@ class GPTBigCodeMHAModel(nn.Module):
         self.h = nn.ModuleList(
             [GPTBigCodeMHABlock(config) for _ in range(config.num_hidden_layers)]
         )
-        self.ln_f = _norm(config)
+        self.ln_f = GPTBigCodeMHANorm(config)
 
     def forward(self, input_embeds: Tensor, paged_kv_cache: PagedKVCache) -> Tensor:
         batch_size, seq_len, hidden_size = input_embeds.shape

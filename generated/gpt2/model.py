@@ -1,0 +1,429 @@
+# Generated from specs/gpt2.yaml by `codegen generate`. DO NOT EDIT: change the spec or templates/ and regenerate.
+# spec-sha256: 5447d71536ec605c7d3057202735d4b3f7076e831f7b518503910847bf1c7f79
+"""GPT-2: multi-head attention, learned positions, LayerNorm, tanh-GELU (gelu_new) MLP, tied LM head.
+
+Relax model for TVM, following the MLC LLM model-library contract: embed, prefill, decode,
+batch_prefill, batch_decode, batch_verify and create_paged_kv_cache (TIRPagedKVCache).
+"""
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+from tvm import relax, te, tirx
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import Tensor, op
+from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
+from tvm.target import Target
+
+ARCHITECTURE = "gpt2"
+HF_MODEL_TYPE = "gpt2"
+DEFAULT_PREFILL_CHUNK_SIZE = 2048
+# Hugging Face activation name -> the activation the model computes.
+HF_ACTIVATIONS = {
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "gelu": "gelu",
+    "relu": "relu",
+    "silu": "silu",
+}
+
+
+class ConfigError(ValueError):
+    """A config.json does not describe a model this module can build."""
+
+
+_MISSING = object()
+
+
+def _lookup(hf_config: Mapping[str, Any], key: str | tuple[str, ...]) -> tuple[str, Any]:
+    """(name, value) of the first of key's names that config.json sets, not null; a.b reads a nested field."""
+    names = (key,) if isinstance(key, str) else key
+    for name in names:
+        value: Any = hf_config
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if value is not None:
+            return name, value
+    return " or ".join(names), None
+
+
+def _read(
+    hf_config: Mapping[str, Any], key: str | tuple[str, ...], kind: type, default: Any = _MISSING
+) -> Any:
+    name, value = _lookup(hf_config, key)
+    if value is None:
+        if default is _MISSING:
+            raise ConfigError(f"config.json lacks the required field {name!r}")
+        return default
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"config.json field {name!r} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _expect(
+    hf_config: Mapping[str, Any], key: str | tuple[str, ...], expected: Any, default: Any
+) -> None:
+    name, value = _lookup(hf_config, key)
+    if value is None:
+        value = default
+    if value != expected:
+        raise ConfigError(
+            f"config.json has {name}={value!r}, but spec {ARCHITECTURE!r} is for {name}={expected!r}"
+        )
+
+
+def _activation_name(hf_name: str, key: str, names: Mapping[str, str]) -> str:
+    if hf_name not in names:
+        raise ConfigError(
+            f"config.json {key}={hf_name!r} is not supported; supported: {', '.join(names)}"
+        )
+    return names[hf_name]
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+    """Model dimensions and options, read from a Hugging Face config.json."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    head_dim: int
+    context_window_size: int
+    norm_eps: float
+    tie_word_embeddings: bool
+    scale_attention: bool
+    activation: str
+    # Rows of the learned position table: the checkpoint's context window, which an override of
+    # context_window_size may shrink but never grow.
+    position_table_size: int = 0
+    prefill_chunk_size: int = DEFAULT_PREFILL_CHUNK_SIZE
+
+    @classmethod
+    def from_dict(cls, hf_config: Mapping[str, Any], **overrides: Any) -> "GPT2Config":
+        """Build from a config.json dict; ``overrides`` (e.g. context_window_size) replace fields after."""
+        model_type = hf_config.get("model_type", HF_MODEL_TYPE)
+        if model_type != HF_MODEL_TYPE:
+            raise ConfigError(f"config.json model_type {model_type!r} is not {HF_MODEL_TYPE!r}")
+        _expect(hf_config, "scale_attn_by_inverse_layer_idx", False, default=False)
+        _expect(hf_config, "add_cross_attention", False, default=False)
+        vocab_size = _read(hf_config, "vocab_size", int)
+        hidden_size = _read(hf_config, "n_embd", int)
+        intermediate_size = _read(hf_config, "n_inner", int, default=None)
+        if intermediate_size is None:
+            intermediate_size = 4 * hidden_size
+        num_hidden_layers = _read(hf_config, "n_layer", int)
+        num_attention_heads = _read(hf_config, "n_head", int)
+        head_dim = hidden_size // num_attention_heads
+        context_window_size = _read(hf_config, "n_positions", int)
+        norm_eps = _read(hf_config, "layer_norm_epsilon", float, default=1e-05)
+        tie_word_embeddings = _read(hf_config, "tie_word_embeddings", bool, default=True)
+        scale_attention = _read(hf_config, "scale_attn_weights", bool, default=True)
+        activation = _activation_name(
+            _read(hf_config, "activation_function", str, "gelu_new"),
+            "activation_function",
+            HF_ACTIVATIONS,
+        )
+        config = cls(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_hidden_layers=num_hidden_layers,
+            num_attention_heads=num_attention_heads,
+            head_dim=head_dim,
+            context_window_size=context_window_size,
+            norm_eps=norm_eps,
+            tie_word_embeddings=tie_word_embeddings,
+            scale_attention=scale_attention,
+            activation=activation,
+            position_table_size=context_window_size,
+            prefill_chunk_size=min(DEFAULT_PREFILL_CHUNK_SIZE, context_window_size),
+        )
+        return dataclasses.replace(config, **overrides) if overrides else config
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> "GPT2Config":
+        return cls.from_dict(json.loads(Path(path).read_text()), **overrides)
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type is int and (
+                not isinstance(value, int) or isinstance(value, bool) or value <= 0
+            ):
+                raise ConfigError(f"{field.name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"num_attention_heads ({self.num_attention_heads}) must divide hidden_size ({self.hidden_size})"
+            )
+        if self.context_window_size > self.position_table_size:
+            raise ConfigError(
+                f"context_window_size {self.context_window_size} exceeds the"
+                f" {self.position_table_size} learned positions of this checkpoint"
+            )
+        if self.prefill_chunk_size > self.context_window_size:
+            raise ConfigError("prefill_chunk_size must not exceed context_window_size")
+
+    @property
+    def num_key_value_heads(self) -> int:
+        return self.num_attention_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class GPT2Norm(nn.Module):
+    """LayerNorm, computed in float32 for 16-bit models (TVM's kernel has no bfloat16 form)."""
+
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.hidden_size = config.hidden_size
+        self.eps = config.norm_eps
+        self.weight = nn.Parameter((config.hidden_size,))
+        self.bias = nn.Parameter((config.hidden_size,))
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        if dtype != "float32":
+            x = x.astype("float32")
+        weight = self.weight if self.weight.dtype == "float32" else self.weight.astype("float32")
+        bias = self.bias if self.bias.dtype == "float32" else self.bias.astype("float32")
+        out = op.layer_norm(
+            x, normalized_shape=self.hidden_size, weight=weight, bias=bias, eps=self.eps
+        )
+        return out if dtype == "float32" else out.astype(dtype)
+
+
+def _activate(x: Tensor, activation: str) -> Tensor:
+    if activation == "gelu":
+        return op.gelu(x)
+    if activation == "gelu_tanh":
+        return op.gelu(x, approximate="tanh")
+    if activation == "relu":
+        return op.relu(x)
+    if activation == "silu":
+        return op.silu(x)
+    raise ConfigError(f"unknown activation {activation!r}")
+
+
+class GPT2MLP(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.hidden_size, config.intermediate_size, bias=True)
+        self.c_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=True)
+        self.activation = config.activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = _activate(self.c_fc(x), self.activation)
+        return self.c_proj(hidden)
+
+
+class GPT2Attention(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.sm_scale = 1.0 / math.sqrt(self.head_dim) if config.scale_attention else 1.0
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.c_attn = nn.Linear(config.hidden_size, q_size + 2 * kv_size, bias=True)
+        self.c_proj = nn.Linear(q_size, config.hidden_size, bias=True)
+
+    def forward(self, hidden_states: Tensor, paged_kv_cache: PagedKVCache, layer_id: int) -> Tensor:
+        batch_size, seq_len, _ = hidden_states.shape
+        qkv = self.c_attn(hidden_states)
+        qkv = op.reshape(
+            qkv, (batch_size, seq_len, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
+        )
+        output = paged_kv_cache.attention_with_fused_qkv(
+            layer_id, qkv, self.num_heads, sm_scale=self.sm_scale
+        )
+        output = op.reshape(output, (batch_size, seq_len, self.num_heads * self.head_dim))
+        return self.c_proj(output)
+
+
+class GPT2Block(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.ln_1 = GPT2Norm(config)
+        self.attn = GPT2Attention(config)
+        self.ln_2 = GPT2Norm(config)
+        self.mlp = GPT2MLP(config)
+
+    def forward(self, hidden_states: Tensor, paged_kv_cache: PagedKVCache, layer_id: int) -> Tensor:
+        attention = self.attn(self.ln_1(hidden_states), paged_kv_cache, layer_id)
+        hidden_states = hidden_states + attention
+        return hidden_states + self.mlp(self.ln_2(hidden_states))
+
+
+class GPT2Model(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.wpe = nn.Embedding(config.position_table_size, config.hidden_size)
+        self.h = nn.ModuleList([GPT2Block(config) for _ in range(config.num_hidden_layers)])
+        self.ln_f = GPT2Norm(config)
+
+    def forward(self, input_embeds: Tensor, paged_kv_cache: PagedKVCache) -> Tensor:
+        batch_size, seq_len, hidden_size = input_embeds.shape
+        positions = paged_kv_cache.get_query_positions(batch_size * seq_len)
+        position_embeds = op.reshape(self.wpe(positions), (batch_size, seq_len, hidden_size))
+        hidden_states = input_embeds + position_embeds
+        for layer_id, layer in enumerate(self.h):
+            hidden_states = layer(hidden_states, paged_kv_cache, layer_id)
+        return self.ln_f(hidden_states)
+
+
+def _last_position(hidden_states: te.Tensor) -> te.Tensor:
+    batch_size, seq_len, hidden_size = hidden_states.shape
+    return te.compute(
+        (batch_size, 1, hidden_size),
+        lambda b, _, h: hidden_states[b, seq_len - 1, h],
+        name="last_position",
+    )
+
+
+class GPT2ForCausalLM(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.config = config
+        self.transformer = GPT2Model(config)
+        if not config.tie_word_embeddings:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.dtype = "float32"
+
+    def to(self, dtype: str | None = None) -> None:
+        super().to(dtype=dtype)
+        if dtype is not None:
+            self.dtype = dtype
+
+    def get_logits(self, hidden_states: Tensor) -> Tensor:
+        if self.config.tie_word_embeddings:
+            embedding = self.transformer.wte.weight
+            logits = op.matmul(hidden_states, op.permute_dims(embedding))
+        else:
+            logits = self.lm_head(hidden_states)
+        return logits if logits.dtype == "float32" else logits.astype("float32")
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        return self.transformer.wte(input_ids)
+
+    def prefill(
+        self, input_embed: Tensor, paged_kv_cache: PagedKVCache
+    ) -> tuple[Tensor, PagedKVCache]:
+        hidden_states = self.transformer(input_embed, paged_kv_cache)
+        hidden_states = op.tensor_expr_op(
+            _last_position, name_hint="last_position", args=[hidden_states]
+        )
+        return self.get_logits(hidden_states), paged_kv_cache
+
+    def decode(
+        self, input_embed: Tensor, paged_kv_cache: PagedKVCache
+    ) -> tuple[Tensor, PagedKVCache]:
+        return self.get_logits(self.transformer(input_embed, paged_kv_cache)), paged_kv_cache
+
+    def batch_prefill(
+        self, input_embeds: Tensor, logit_positions: Tensor, paged_kv_cache: PagedKVCache
+    ) -> tuple[Tensor, PagedKVCache]:
+        hidden_states = self.transformer(input_embeds, paged_kv_cache)
+        hidden_states = op.take(hidden_states, logit_positions, axis=1)
+        return self.get_logits(hidden_states), paged_kv_cache
+
+    def batch_decode(
+        self, input_embeds: Tensor, paged_kv_cache: PagedKVCache
+    ) -> tuple[Tensor, PagedKVCache]:
+        return self.get_logits(self.transformer(input_embeds, paged_kv_cache)), paged_kv_cache
+
+    def batch_verify(
+        self, input_embeds: Tensor, paged_kv_cache: PagedKVCache
+    ) -> tuple[Tensor, PagedKVCache]:
+        return self.get_logits(self.transformer(input_embeds, paged_kv_cache)), paged_kv_cache
+
+    def create_paged_kv_cache(
+        self,
+        max_batch_size: tirx.Var,
+        max_total_seq_len: tirx.Var,
+        prefill_chunk_size: tirx.Var,
+        page_size: tirx.Var,
+        support_sliding_window: tirx.Var,
+    ) -> PagedKVCache:
+        config = self.config
+        return TIRPagedKVCache(
+            attn_kind="mha",
+            max_batch_size=max_batch_size,
+            max_total_seq_len=max_total_seq_len,
+            prefill_chunk_size=prefill_chunk_size,
+            page_size=page_size,
+            support_sliding_window=support_sliding_window,
+            layer_partition=relax.ShapeExpr([0, config.num_hidden_layers]),
+            num_hidden_layers=config.num_hidden_layers,
+            num_attention_heads=config.num_attention_heads,
+            num_key_value_heads=config.num_key_value_heads,
+            qk_head_dim=config.head_dim,
+            v_head_dim=config.head_dim,
+            mla_original_qk_head_dim=0,
+            mla_original_v_head_dim=0,
+            rope_mode=RopeMode.NONE,
+            rope_scale=1,
+            rope_theta=10000,
+            rope_scaling={},
+            rope_ext_factors=relax.prim_value(0),
+            # 0 would divide by zero inside the cache's kernels even with RoPE off.
+            rotary_dim=config.head_dim,
+            enable_disaggregation=False,
+            dtype=self.dtype,
+            # Export under `with target:`; the cache builds its kernels for that target.
+            target=Target.current(allow_none=False),
+        )
+
+    def get_default_spec(self) -> nn.spec.ModuleSpec:
+        hidden_size, dtype = self.config.hidden_size, self.dtype
+        cache = nn.spec.Object(object_type=PagedKVCache)
+        packed = {"param_mode": "packed", "effect_mode": "none"}
+        return nn.spec.ModuleSpec.from_raw(
+            {
+                "embed": {"input_ids": nn.spec.Tensor(["seq_len"], "int32"), "$": packed},
+                "prefill": {
+                    "input_embed": nn.spec.Tensor([1, "seq_len", hidden_size], dtype),
+                    "paged_kv_cache": cache,
+                    "$": packed,
+                },
+                "decode": {
+                    "input_embed": nn.spec.Tensor([1, 1, hidden_size], dtype),
+                    "paged_kv_cache": cache,
+                    "$": packed,
+                },
+                "batch_prefill": {
+                    "input_embeds": nn.spec.Tensor([1, "seq_len", hidden_size], dtype),
+                    "logit_positions": nn.spec.Tensor(["batch_size"], "int32"),
+                    "paged_kv_cache": cache,
+                    "$": packed,
+                },
+                "batch_decode": {
+                    "input_embeds": nn.spec.Tensor(["batch_size", 1, hidden_size], dtype),
+                    "paged_kv_cache": cache,
+                    "$": packed,
+                },
+                "batch_verify": {
+                    "input_embeds": nn.spec.Tensor([1, "seq_len", hidden_size], dtype),
+                    "paged_kv_cache": cache,
+                    "$": packed,
+                },
+                "create_paged_kv_cache": {
+                    "max_batch_size": int,
+                    "max_total_seq_len": int,
+                    "prefill_chunk_size": int,
+                    "page_size": int,
+                    "support_sliding_window": int,
+                    "$": {"param_mode": "none", "effect_mode": "none"},
+                },
+            },
+            self,
+        )

@@ -1,0 +1,82 @@
+# Generated from specs/santacoder_legacy.yaml by `codegen generate`. DO NOT EDIT: change the spec or templates/ and regenerate.
+# spec-sha256: 068ce11aa9882075ba44b9a0a10c48c3dfeef599f1e4068c3e451481849f86e3
+"""Where each SantaCoderLegacy model parameter comes from in a Hugging Face checkpoint.
+
+A parameter is read from one HF tensor, or from several concatenated along axis 0, after the listed
+transforms are applied to each source: transpose (swap the axes of a matrix) and deinterleave_qkv
+(per-head [q k v] rows -> all q, all k, all v rows).
+"""
+
+import dataclasses
+
+from .model import SantaCoderLegacyConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSource:
+    hf_names: tuple[str, ...]
+    transforms: tuple[str, ...] = ()
+
+
+def weight_map(config: SantaCoderLegacyConfig) -> dict[str, WeightSource]:
+    """Model parameter name -> its source in the HF checkpoint."""
+    sources = {
+        "transformer.wte.weight": WeightSource(("transformer.wte.weight",)),
+        "transformer.wpe.weight": WeightSource(("transformer.wpe.weight",)),
+        "transformer.ln_f.weight": WeightSource(("transformer.ln_f.weight",)),
+        "transformer.ln_f.bias": WeightSource(("transformer.ln_f.bias",)),
+    }
+    for i in range(config.num_hidden_layers):
+        sources[f"transformer.h.{i}.ln_1.weight"] = WeightSource(
+            (f"transformer.h.{i}.ln_1.weight",)
+        )
+        sources[f"transformer.h.{i}.ln_1.bias"] = WeightSource((f"transformer.h.{i}.ln_1.bias",))
+        sources[f"transformer.h.{i}.attn.c_attn.weight"] = WeightSource(
+            (
+                f"transformer.h.{i}.attn.q_attn.weight",
+                f"transformer.h.{i}.attn.kv_attn.weight",
+            ),
+            transforms=("transpose",),
+        )
+        sources[f"transformer.h.{i}.attn.c_attn.bias"] = WeightSource(
+            (
+                f"transformer.h.{i}.attn.q_attn.bias",
+                f"transformer.h.{i}.attn.kv_attn.bias",
+            )
+        )
+        sources[f"transformer.h.{i}.attn.c_proj.weight"] = WeightSource(
+            (f"transformer.h.{i}.attn.c_proj.weight",), transforms=("transpose",)
+        )
+        sources[f"transformer.h.{i}.attn.c_proj.bias"] = WeightSource(
+            (f"transformer.h.{i}.attn.c_proj.bias",)
+        )
+        sources[f"transformer.h.{i}.ln_2.weight"] = WeightSource(
+            (f"transformer.h.{i}.ln_2.weight",)
+        )
+        sources[f"transformer.h.{i}.ln_2.bias"] = WeightSource((f"transformer.h.{i}.ln_2.bias",))
+        sources[f"transformer.h.{i}.mlp.c_fc.weight"] = WeightSource(
+            (f"transformer.h.{i}.mlp.c_fc.weight",), transforms=("transpose",)
+        )
+        sources[f"transformer.h.{i}.mlp.c_fc.bias"] = WeightSource(
+            (f"transformer.h.{i}.mlp.c_fc.bias",)
+        )
+        sources[f"transformer.h.{i}.mlp.c_proj.weight"] = WeightSource(
+            (f"transformer.h.{i}.mlp.c_proj.weight",), transforms=("transpose",)
+        )
+        sources[f"transformer.h.{i}.mlp.c_proj.bias"] = WeightSource(
+            (f"transformer.h.{i}.mlp.c_proj.bias",)
+        )
+    if not config.tie_word_embeddings:
+        sources["lm_head.weight"] = WeightSource(("lm_head.weight",))
+    return sources
+
+
+def ignored_tensors(config: SantaCoderLegacyConfig) -> set[str]:
+    """HF tensors that are not parameters: buffers, and the LM head when it is tied to the embedding."""
+    ignored = set()
+    for i in range(config.num_hidden_layers):
+        ignored.add(f"transformer.h.{i}.attn.bias")
+        ignored.add(f"transformer.h.{i}.attn.masked_bias")
+    if config.tie_word_embeddings:
+        ignored.add("lm_head.weight")
+    return ignored

@@ -1,0 +1,23 @@
+# Generated from specs/starcoder2.yaml by `codegen generate`. DO NOT EDIT: change the spec or templates/ and regenerate.
+# spec-sha256: 743e123744800fc684fa60d0901f480b4262996256524eb9ed3c3e1d26984ef1
+"""StarCoder2: grouped-query attention, rotary positions, LayerNorm, tanh-GELU MLP, biases everywhere."""
+
+from .model import (
+    ARCHITECTURE,
+    ConfigError,
+    Starcoder2Config as Config,
+    Starcoder2ForCausalLM as ForCausalLM,
+)
+from .presets import PRESETS
+from .weights import WeightSource, ignored_tensors, weight_map
+
+__all__ = [
+    "ARCHITECTURE",
+    "Config",
+    "ConfigError",
+    "ForCausalLM",
+    "PRESETS",
+    "WeightSource",
+    "ignored_tensors",
+    "weight_map",
+]
