@@ -14,6 +14,7 @@ examples:
   codegen generate                                   render every specs/*.yaml into generated/
   codegen check                                      exit 1 if generated/ is stale
   codegen diff specs/gpt_bigcode.yaml specs/gpt_bigcode_mha.yaml
+  codegen import-hf HF_DIR/config.json --into specs/starcoder2.yaml --preset my_size
   codegen compile --spec specs/gpt_bigcode.yaml --preset tiny_starcoder --output build/tiny
   codegen convert --spec specs/gpt_bigcode.yaml --model-dir HF_DIR --output build/tiny
   codegen run --artifact build/tiny --tokenizer HF_DIR --prompt "def fib("
@@ -55,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("first", type=Path)
     diff.add_argument("second", type=Path)
     diff.set_defaults(handler=_diff)
+
+    import_hf = commands.add_parser("import-hf", help="add a size preset to a spec from a Hugging Face config.json")
+    import_hf.add_argument("config_json", type=Path, metavar="CONFIG_JSON")
+    import_hf.add_argument("--into", type=Path, required=True, help="spec file to edit (comments and layout are kept)")
+    import_hf.add_argument("--preset", required=True, help="name of the new preset (snake_case)")
+    import_hf.add_argument("--force", action="store_true", help="replace a preset of that name in the file")
+    import_hf.set_defaults(handler=_import_hf)
 
     compile_ = commands.add_parser("compile", help="build the model library and metadata for a target")
     _add_model_arguments(compile_)
@@ -120,6 +128,14 @@ def _diff(args) -> int:
     from codegen import render
 
     sys.stdout.write(render.diff_specs(args.first, args.second))
+    return 0
+
+
+def _import_hf(args) -> int:
+    from codegen.import_hf import import_preset
+
+    values = import_preset(args.config_json, args.into, args.preset, force=args.force)
+    print(f"added preset {args.preset} ({len(values)} fields) to {args.into}; run `codegen generate` to update generated/")
     return 0
 
 

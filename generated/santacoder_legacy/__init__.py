@@ -1,5 +1,5 @@
 # Generated from specs/santacoder_legacy.yaml by `codegen generate`. DO NOT EDIT: change the spec or templates/ and regenerate.
-# spec-sha256: 068ce11aa9882075ba44b9a0a10c48c3dfeef599f1e4068c3e451481849f86e3
+# spec-sha256: d00c7529296fcf8659a657e9544c362680c2e5f7814cf38e6eda5f177e82ab8d
 """GPTBigCode (multi-query) read from the original SantaCoder checkpoint layout: Conv1D q_attn + kv_attn."""
 
 from .model import (

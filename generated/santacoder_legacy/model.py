@@ -1,5 +1,5 @@
 # Generated from specs/santacoder_legacy.yaml by `codegen generate`. DO NOT EDIT: change the spec or templates/ and regenerate.
-# spec-sha256: 068ce11aa9882075ba44b9a0a10c48c3dfeef599f1e4068c3e451481849f86e3
+# spec-sha256: d00c7529296fcf8659a657e9544c362680c2e5f7814cf38e6eda5f177e82ab8d
 """GPTBigCode (multi-query) read from the original SantaCoder checkpoint layout: Conv1D q_attn + kv_attn.
 
 Relax model for TVM, following the MLC LLM model-library contract: embed, prefill, decode,
@@ -19,7 +19,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedK
 from tvm.target import Target
 
 ARCHITECTURE = "santacoder_legacy"
-HF_MODEL_TYPE = "gpt_bigcode"
+HF_MODEL_TYPE = "gpt2"
 DEFAULT_PREFILL_CHUNK_SIZE = 2048
 # Hugging Face activation name -> the activation the model computes.
 HF_ACTIVATIONS = {
@@ -111,7 +111,7 @@ class SantaCoderLegacyConfig:
         model_type = hf_config.get("model_type", HF_MODEL_TYPE)
         if model_type != HF_MODEL_TYPE:
             raise ConfigError(f"config.json model_type {model_type!r} is not {HF_MODEL_TYPE!r}")
-        _expect(hf_config, "multi_query", True, default=True)
+        _expect(hf_config, "attention_head_type", "multiquery", default="multihead")
         vocab_size = _read(hf_config, "vocab_size", int)
         hidden_size = _read(hf_config, "n_embd", int)
         intermediate_size = _read(hf_config, "n_inner", int, default=None)

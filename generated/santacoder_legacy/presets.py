@@ -1,5 +1,5 @@
 # Generated from specs/santacoder_legacy.yaml by `codegen generate`. DO NOT EDIT: change the spec or templates/ and regenerate.
-# spec-sha256: 068ce11aa9882075ba44b9a0a10c48c3dfeef599f1e4068c3e451481849f86e3
+# spec-sha256: d00c7529296fcf8659a657e9544c362680c2e5f7814cf38e6eda5f177e82ab8d
 """Published config.json values of real SantaCoderLegacy checkpoints, by preset name."""
 
 PRESETS = {
@@ -10,6 +10,7 @@ PRESETS = {
         "n_inner": 3072,
         "n_positions": 8192,
         "vocab_size": 49152,
+        "attention_head_type": "multiquery",
     },
     "santacoder": {
         "n_embd": 2048,
@@ -18,6 +19,7 @@ PRESETS = {
         "n_inner": 8192,
         "n_positions": 2048,
         "vocab_size": 49280,
+        "attention_head_type": "multiquery",
     },
     "starcoderbase_1b": {
         "n_embd": 2048,
@@ -26,6 +28,7 @@ PRESETS = {
         "n_inner": 8192,
         "n_positions": 8192,
         "vocab_size": 49152,
+        "attention_head_type": "multiquery",
     },
     "starcoderbase_3b": {
         "n_embd": 2816,
@@ -34,6 +37,7 @@ PRESETS = {
         "n_inner": 11264,
         "n_positions": 8192,
         "vocab_size": 49152,
+        "attention_head_type": "multiquery",
     },
     "starcoderbase_7b": {
         "n_embd": 4096,
@@ -42,6 +46,7 @@ PRESETS = {
         "n_inner": 16384,
         "n_positions": 8192,
         "vocab_size": 49152,
+        "attention_head_type": "multiquery",
     },
     "starcoder": {
         "n_embd": 6144,
@@ -50,5 +55,6 @@ PRESETS = {
         "n_inner": 24576,
         "n_positions": 8192,
         "vocab_size": 49152,
+        "attention_head_type": "multiquery",
     },
 }
