@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -25,8 +26,10 @@ METADATA_NAME = "metadata.json"
 MODEL_FUNCTIONS = ("embed", "prefill", "decode", "batch_prefill", "batch_decode", "batch_verify", "create_paged_kv_cache")
 
 
-class CompileError(Exception):
-    """The build cannot start or did not finish; the message says why and how to fix it."""
+class CompileError(RuntimeError):
+    """The build cannot start or did not finish; the message says why and how to fix it.
+
+    A RuntimeError, so the CLI reports it as `error: CompileError: ...` with exit status 1."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +46,8 @@ class BuildOptions:
             raise CompileError(f"unknown dtype {self.dtype!r}; choose one of: {', '.join(DTYPES)}")
         if self.cuda_arch not in CUDA_ARCHS:
             raise CompileError(f"unknown CUDA arch {self.cuda_arch!r}; choose one of: {', '.join(CUDA_ARCHS)}")
+        if self.num_threads is not None and (isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int) or self.num_threads < 1):
+            raise CompileError(f"num_threads must be a positive integer or None, got {self.num_threads!r}")
         if self.target == "cuda" and shutil.which("nvcc") is None:
             raise CompileError("target cuda needs nvcc on PATH (the CUDA toolkit); install it or use --target llvm")
 
@@ -122,7 +127,15 @@ def build(model: GeneratedModel, config: Any, options: BuildOptions) -> tuple[re
     target = options.tvm_target()
     with target, tvm.transform.PassContext(opt_level=3, config=pass_config(options)):
         executable = tvm.compile(ir_module, target=target, relax_pipeline=_pipeline(options))
+    missing = sorted(set(MODEL_FUNCTIONS + ("_metadata",)) - set(vm_functions(executable)))
+    if missing:
+        raise CompileError(f"the built library lacks the functions {', '.join(missing)}")
     return executable, fields
+
+
+def vm_functions(executable: relax.VMExecutable) -> list[str]:
+    """Names of the Relax functions a built executable exposes."""
+    return re.findall(r"^@([\w.]+):$", executable.as_text(), flags=re.MULTILINE)
 
 
 def pass_config(options: BuildOptions) -> dict[str, Any]:

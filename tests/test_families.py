@@ -15,7 +15,15 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from tests.support import FLOAT32_TOLERANCE, REPO_ROOT, hf_logits, max_abs_diff, random_hf_model, save_hf_model
+from tests.support import (
+    FLOAT32_TOLERANCE,
+    REPO_ROOT,
+    hf_logits,
+    max_abs_diff,
+    random_hf_model,
+    save_hf_model,
+    write_santacoder_legacy,
+)
 
 VOCAB = 128
 WINDOW = 128
@@ -24,9 +32,6 @@ DECODE_STEPS = 24
 BATCH_LENGTHS = (5, 17, 33)
 BATCH_DECODE_STEPS = 4
 GENERATE_TOKENS = 32
-# HF's usual 0.02 leaves a 2-layer model's attention almost uniform: a wrong rope_theta then moved the
-# logits by only 3e-4. At 0.15 it moves them by ~5 while float32 rounding stays near 1e-6.
-INITIALIZER_RANGE = 0.15
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,46 +42,6 @@ class Family:
     config: dict[str, Any]
     # Rewrites a save_pretrained folder into another checkpoint layout (e.g. the legacy SantaCoder one).
     rewrite: Callable[[Path, Path, Any], None] | None = None
-
-
-def perturb_biases(hf_model, seed: int = 1) -> None:
-    """HF initialises biases to zero, which would hide a missing or misplaced bias: make them random."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in hf_model.named_parameters():
-            if name.endswith(".bias"):
-                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.1)
-
-
-def write_santacoder_legacy(source: Path, target: Path, hf_model) -> None:
-    """The original SantaCoder layout: GPT-2 Conv1D ([in, out]) layers, attention split into q_attn + kv_attn."""
-    from safetensors.numpy import load_file, save_file
-
-    tensors = load_file(str(source / "model.safetensors"))
-    width = hf_model.config.n_embd
-    out = {}
-    for name, array in tensors.items():
-        if name.endswith("attn.c_attn.weight"):  # Linear [n_embd + 2 * head_dim, n_embd]
-            prefix = name[: -len("c_attn.weight")]
-            out[prefix + "q_attn.weight"] = np.ascontiguousarray(array[:width].T)
-            out[prefix + "kv_attn.weight"] = np.ascontiguousarray(array[width:].T)
-        elif name.endswith("attn.c_attn.bias"):
-            prefix = name[: -len("c_attn.bias")]
-            out[prefix + "q_attn.bias"] = array[:width].copy()
-            out[prefix + "kv_attn.bias"] = array[width:].copy()
-        elif name.endswith(("attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")):
-            out[name] = np.ascontiguousarray(array.T)
-        else:
-            out[name] = array
-    target.mkdir(parents=True, exist_ok=True)
-    save_file(out, str(target / "model.safetensors"), metadata={"format": "pt"})
-    # The released config.json: GPT-2 model type with the remote code's attention_head_type field.
-    config = json.loads((source / "config.json").read_text())
-    del config["multi_query"]
-    config.update(model_type="gpt2", attention_head_type="multiquery", architectures=["GPT2LMHeadCustomModel"])
-    (target / "config.json").write_text(json.dumps(config, indent=2))
 
 
 FAMILIES = {
@@ -119,12 +84,9 @@ FAMILIES = {
 def make_hf_model(family: Family, seed: int = 0):
     import transformers
 
-    model = random_hf_model(
-        getattr(transformers, family.config_class), getattr(transformers, family.model_class), seed=seed,
-        **{"initializer_range": INITIALIZER_RANGE, **family.config},
+    return random_hf_model(
+        getattr(transformers, family.config_class), getattr(transformers, family.model_class), seed=seed, **family.config
     )
-    perturb_biases(model, seed + 1)
-    return model
 
 
 def prepare(family: Family, hf_model, folder: Path) -> Path:
