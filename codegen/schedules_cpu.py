@@ -1,0 +1,172 @@
+"""Schedule rules for CPU (llvm) kernels.
+
+Each rule is a dlight ScheduleRule: it looks at one PrimFunc and returns a schedule, or None when
+the function is not its kind. Sizes (threads, vector lanes) come from the target through
+`CPUShape`, so one target decides them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.target import Target
+from tvm.target.codegen import llvm_cpu_has_features
+
+# Weight rows computed together, each with one vector accumulator. More rows in flight help a
+# single-row GEMV hide memory latency; with many rows, 8 keeps the weight tile in L1 between rows.
+WEIGHT_TILE = 8
+SINGLE_ROW_WEIGHT_TILE = 16
+# A reduction axis that splits into fewer lanes than this is left to the unscheduled kernel.
+MIN_LANES = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class CPUShape:
+    """What the target says about the CPU: threads and float32 lanes per vector register."""
+
+    threads: int
+    lanes: int
+
+    @classmethod
+    def of(cls, target: Target) -> "CPUShape":
+        threads = int(target.attrs.get("num-cores", 1) or 1)
+        return cls(threads=threads, lanes=_vector_bits(target) // 32)
+
+
+def _vector_bits(target: Target) -> int:
+    # llvm_get_vector_width answers for the host, whatever the target's mcpu says.
+    if llvm_cpu_has_features("avx512f", target):
+        return 512
+    if llvm_cpu_has_features("avx", target):
+        return 256
+    return 128
+
+
+def _static(extent) -> int | None:
+    return int(extent) if isinstance(extent, (int, tirx.IntImm)) else None
+
+
+def _extent(sch: s_tir.Schedule, loop) -> int | None:
+    return _static(sch.get(loop).extent)
+
+
+def _iter_kinds(sch: s_tir.Schedule, block) -> list[int]:
+    return [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+
+
+def _is_spatial(sch: s_tir.Schedule, block) -> bool:
+    return all(kind == tirx.IterVar.DataPar for kind in _iter_kinds(sch, block))
+
+
+def _weight_operand(sch: s_tir.Schedule, block) -> bool:
+    """True if the block is C[..., n] += A[..., k] * W[n, k] with a static 2-D weight W."""
+    stmt = sch.get(block)
+    kinds = _iter_kinds(sch, block)
+    reduce = tirx.IterVar.CommReduce
+    if kinds.count(reduce) != 1 or kinds[-1] != reduce or len(kinds) < 2 or len(stmt.reads) != 2:
+        return False
+    n_var, k_var = stmt.iter_vars[-2].var, stmt.iter_vars[-1].var
+    for region in stmt.reads:
+        buffer = region.source
+        if len(buffer.shape) != 2 or any(_static(d) is None for d in buffer.shape):
+            continue
+        starts = [r.min for r in region.region]
+        if starts[0].same_as(n_var) and starts[1].same_as(k_var):
+            return True
+    return False
+
+
+class WeightMatmul(ScheduleRule):
+    """C[m, n] = sum_k A[m, k] * W[n, k] (the NT_matmul of every nn.Linear), plus a fused epilogue.
+
+    The reduction axis is split into vectors and rfactor-ed, so each output keeps one vector
+    accumulator that is summed once at the end. A tile of weight rows is computed for every
+    activation row before moving on, so in prefill the tile is read from memory once and from L1
+    after; tiles are split across threads (the outer loop is parallel). Rows are never tiled, so a
+    dynamic row count (sequence length, batch size) needs no bounds checks in the inner loops.
+    """
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+        reductions = [b for b in blocks if not _is_spatial(sch, b)]
+        if len(reductions) != 1 or not _weight_operand(sch, reductions[0]):
+            return None
+        matmul = reductions[0]
+        if not _inline_around(sch, blocks, matmul):
+            return None
+        epilogue = _single_consumer(sch, matmul)
+        try:
+            return _schedule_matmul(sch, matmul, epilogue, CPUShape.of(target))
+        except s_tir.ScheduleError:
+            # A matmul shape this schedule cannot transform keeps TVM's default lowering.
+            return None
+
+
+def _inline_around(sch: s_tir.Schedule, blocks: list, matmul) -> bool:
+    """Inline elementwise blocks before the matmul and all but the last after it."""
+    position = [sch.get(b).same_as(sch.get(matmul)) for b in blocks].index(True)
+    for block in blocks[:position] + blocks[position + 1 : -1]:
+        try:
+            sch.compute_inline(block)
+        except s_tir.ScheduleError:
+            return False
+    return True
+
+
+def _single_consumer(sch: s_tir.Schedule, matmul):
+    consumers = sch.get_consumers(matmul)
+    return consumers[0] if len(consumers) == 1 else None
+
+
+def _schedule_matmul(sch: s_tir.Schedule, matmul, epilogue, cpu: CPUShape) -> s_tir.Schedule | None:
+    *rows, n, k = sch.get_loops(matmul)
+    k_extent, n_extent = _extent(sch, k), _extent(sch, n)
+    if k_extent is None or n_extent is None:
+        return None
+    lanes = _largest_power_of_two_dividing(k_extent, cpu.lanes)
+    if lanes < MIN_LANES:
+        return None
+    m = _fused_rows(sch, matmul, rows)
+    wanted_tile = SINGLE_ROW_WEIGHT_TILE if _extent(sch, m) == 1 else WEIGHT_TILE
+    weight_tile = _largest_power_of_two_dividing(n_extent, wanted_tile)
+
+    n_outer, n_inner = sch.split(n, [None, weight_tile])
+    k_outer, k_inner = sch.split(k, [None, lanes])
+    sch.reorder(n_outer, m, k_outer, n_inner, k_inner)
+    # The lane axis last, so each accumulator is one contiguous vector (LLVM keeps it in a register).
+    output_rank = len(sch.get(matmul).writes[0].source.shape)
+    partial = sch.rfactor(k_inner, factor_axis=output_rank)
+    sch.set_scope(partial, 0, "local")
+    # rfactor moves the split loops to the write-back block; the partial sums get fresh ones.
+    n_outer, m, k_outer, n_inner, k_inner = sch.get_loops(partial)
+    sch.reverse_compute_at(matmul, m, preserve_unit_loops=True)
+    if epilogue is not None:
+        sch.reverse_compute_at(epilogue, m, preserve_unit_loops=True)
+        sch.set_scope(matmul, 0, "local")
+
+    # Loop kinds first: vectorize and parallel need the block before decompose_reduction splits it.
+    sch.vectorize(k_inner)
+    sch.unroll(n_inner)
+    if cpu.threads > 1:
+        sch.parallel(n_outer)
+    sch.decompose_reduction(partial, k_outer)
+    return sch
+
+
+def _largest_power_of_two_dividing(extent: int, limit: int) -> int:
+    size = 1
+    while size * 2 <= limit and extent % (size * 2) == 0:
+        size *= 2
+    return size
+
+
+def _fused_rows(sch: s_tir.Schedule, block, rows: list):
+    """All loops before the weight-row axis as one row loop (a unit loop when there are none)."""
+    if not rows:
+        return sch.add_unit_loop(block)
+    return sch.fuse(*rows) if len(rows) > 1 else rows[0]

@@ -1,0 +1,100 @@
+"""The CPU pipeline schedules the kernels that dominate, and the scheduled model still matches transformers."""
+
+from __future__ import annotations
+
+import pytest
+import tvm
+from tvm import tirx
+from tvm.target import Target
+
+from codegen import schedules
+from codegen.compile import BuildOptions, export
+from codegen.models import load_model
+from codegen.schedules_cpu import CPUShape
+from tests.support import FLOAT32_TOLERANCE, hf_logits, max_abs_diff, random_hf_model, save_hf_model
+
+TINY = dict(vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_positions=64)
+
+
+def _loop_kinds(func: tirx.PrimFunc) -> set[str]:
+    """The kinds of loop a PrimFunc's TVMScript shows (T.parallel, T.vectorized, ...)."""
+    script = func.script()
+    return {kind for kind in ("parallel", "vectorized", "unroll") if f"T.{kind}(" in script}
+
+
+@pytest.fixture(scope="module")
+def lowered_tiny():
+    """The tiny GPTBigCode's IRModule after the CPU pipeline (Relax lowered, TIR scheduled)."""
+    model = load_model("gpt_bigcode")
+    options = BuildOptions(target="llvm", num_threads=2)
+    ir_module, _ = export(model, model.config(hf_config=TINY), options)
+    target = options.tvm_target()
+    with target:
+        return schedules.pipeline(target)(ir_module)
+
+
+def _prim_funcs(mod: tvm.IRModule) -> dict[str, tirx.PrimFunc]:
+    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+
+
+def test_every_weight_matmul_is_parallel_and_vectorised(lowered_tiny):
+    matmuls = {name: f for name, f in _prim_funcs(lowered_tiny).items() if "NT_matmul" in name}
+    # prefill, decode, and the batch variants each have their projections and LM head.
+    assert len(matmuls) >= 10
+    for name, func in matmuls.items():
+        kinds = _loop_kinds(func)
+        assert {"parallel", "vectorized"} <= kinds, (name, kinds)
+
+
+def test_linear_weights_are_not_transposed_at_run_time(lowered_tiny):
+    names = _prim_funcs(lowered_tiny)
+    assert not [name for name in names if "transpose" in name and "kv" not in name]
+
+
+def test_layer_norm_is_scheduled(lowered_tiny):
+    norms = {name: f for name, f in _prim_funcs(lowered_tiny).items() if "layer_norm" in name}
+    assert norms
+    for name, func in norms.items():
+        assert func.attrs.get("tirx.is_scheduled"), name
+
+
+def test_cpu_shape_comes_from_the_target():
+    shape = CPUShape.of(Target({"kind": "llvm", "mcpu": "znver4", "num-cores": 3}))
+    assert shape == CPUShape(threads=3, lanes=16)
+    assert CPUShape.of(Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 1})).lanes == 8
+
+
+def test_non_cpu_targets_keep_tvm_default_pipeline(monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        schedules.relax, "get_default_pipeline", lambda target: calls.append(target.kind.name)
+    )
+    schedules.pipeline(Target({"kind": "cuda", "arch": "sm_80"}, host="llvm"))
+    assert calls == ["cuda"]
+
+
+@pytest.mark.slow
+def test_scheduled_model_matches_transformers(artifacts, tmp_path):
+    """Prefill, then decode steps, then two sequences decoded together (a multi-row matmul)."""
+    from transformers import GPTBigCodeConfig, GPTBigCodeForCausalLM
+
+    from codegen.runtime import Model
+
+    hf_model = random_hf_model(GPTBigCodeConfig, GPTBigCodeForCausalLM, seed=3, **TINY)
+    artifact = artifacts.build("gpt_bigcode", save_hf_model(hf_model, tmp_path / "hf"))
+    model = Model(artifact, max_batch_size=2, max_total_seq_len=128)
+    prompt, continuation, extra = [5, 17, 2, 88, 41, 9, 60], [12, 77, 3, 50], 33
+    expected = hf_logits(hf_model, prompt + continuation + [extra])
+
+    first = model.add_sequence()
+    logits = model.batch_prefill({first: prompt})[first]
+    assert max_abs_diff(logits, expected[len(prompt) - 1]) <= FLOAT32_TOLERANCE
+    for step, token in enumerate(continuation):
+        logits = model.batch_decode({first: token})[first]
+        assert max_abs_diff(logits, expected[len(prompt) + step]) <= FLOAT32_TOLERANCE
+
+    second = model.add_sequence()
+    model.batch_prefill({second: prompt})
+    together = model.batch_decode({first: extra, second: continuation[0]})
+    assert max_abs_diff(together[first], expected[-1]) <= FLOAT32_TOLERANCE
+    assert max_abs_diff(together[second], expected[len(prompt)]) <= FLOAT32_TOLERANCE
