@@ -61,21 +61,29 @@ class ArtifactFactory:
         self.root = Path(root)
         self._built: dict[str, Path] = {}
 
-    def build(self, spec: str, model_dir: Path, dtype: str = "float32", target: str = "llvm", **overrides: Any) -> Path:
+    def build(
+        self,
+        spec: str,
+        model_dir: Path,
+        dtype: str = "float32",
+        target: str = "llvm",
+        cuda_arch: str | None = None,
+        **overrides: Any,
+    ) -> Path:
         from codegen.compile import BuildOptions, compile_to_dir
         from codegen.models import load_model
         from codegen.weights import convert
 
         config_text = (Path(model_dir) / "config.json").read_text()
-        key_source = json.dumps([spec, config_text, str(model_dir), dtype, target, overrides], sort_keys=True)
+        key_source = json.dumps([spec, config_text, str(model_dir), dtype, target, cuda_arch, overrides], sort_keys=True)
         key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
         if key not in self._built:
             output = self.root / f"{Path(spec).stem}-{key}"
             model = load_model(spec)
             config = model.package.Config.from_dict(json.loads(config_text), **overrides)
-            compile_to_dir(model, config, BuildOptions(target=target, dtype=dtype), output)
-            if target == "llvm":
-                convert(model, model_dir, output, dtype=dtype, progress=False)
+            options = BuildOptions(target=target, dtype=dtype, **({"cuda_arch": cuda_arch} if cuda_arch else {}))
+            compile_to_dir(model, config, options, output)
+            convert(model, model_dir, output, dtype=dtype, progress=False)
             self._built[key] = output
         return self._built[key]
 
@@ -88,8 +96,12 @@ def tiny_preset(spec, values: dict[str, Any]) -> dict[str, Any]:
     """
 
     def hf_name(field: str) -> str | None:
+        """The HF name the field reads first (specs may list fallbacks); None for nested fields."""
         config_field = spec.field(field)
-        return config_field.hf if config_field is not None else None
+        if config_field is None or config_field.hf is None:
+            return None
+        name = config_field.hf if isinstance(config_field.hf, str) else config_field.hf[0]
+        return None if "." in name else name
 
     def read(field: str, default=None):
         name = hf_name(field)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import tvm
@@ -46,6 +48,21 @@ def test_cuda_library_exposes_the_model_functions(dtype, arch):
     executable, fields = build(model, config, BuildOptions(target="cuda", dtype=dtype, cuda_arch=arch))
     assert set(MODEL_FUNCTIONS) | {"_metadata"} <= set(vm_functions(executable))
     assert {p["dtype"] for p in fields["params"]} == {dtype}
+
+
+def test_wide_float16_model_compiles(tmp_path):
+    """dlight's tensor-core path crashes the process on float16 matmuls wider than 64 unless
+    codegen.schedules turns it off; a subprocess turns a crash into a failure, not a dead run."""
+    script = (
+        "from codegen.compile import BuildOptions, build\n"
+        "from codegen.models import load_model\n"
+        "model = load_model('gpt_bigcode')\n"
+        "config = model.package.Config.from_dict("
+        "{'n_embd': 256, 'n_head': 4, 'n_layer': 1, 'n_inner': 704, 'n_positions': 64, 'vocab_size': 96})\n"
+        "build(model, config, BuildOptions(target='cuda', dtype='float16', cuda_arch='sm_90'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_cse_workaround_is_still_needed(monkeypatch):
