@@ -8,7 +8,9 @@ A .bin file is read only with torch.load(weights_only=True): a pickle that wants
 from __future__ import annotations
 
 import json
+import math
 import mmap
+import os
 import struct
 from pathlib import Path
 
@@ -57,11 +59,19 @@ class SafetensorsFile(Checkpoint):
     def __init__(self, path: Path):
         self.path = Path(path)
         self.location = str(self.path)
+        self._map = None
         try:
             self._file = open(self.path, "rb")
         except OSError as exc:
             raise CheckpointError(f"cannot open {self.path}: {exc.strerror}") from None
-        size = self.path.stat().st_size
+        try:
+            self._read_header()
+        except BaseException:
+            self.close()  # a refused file is closed, not leaked
+            raise
+
+    def _read_header(self) -> None:
+        size = os.fstat(self._file.fileno()).st_size
         if size < 8:
             raise CheckpointError(f"{self.path}: {size} bytes is too short for a safetensors file (truncated?)")
         (header_size,) = struct.unpack("<Q", self._file.read(8))
@@ -91,7 +101,7 @@ class SafetensorsFile(Checkpoint):
             raise CheckpointError(f"{where} has a malformed header entry {entry!r}") from None
         if any(d < 0 for d in shape):
             raise CheckpointError(f"{where} has a negative dimension in shape {list(shape)}")
-        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        expected = math.prod(shape) * dtype.itemsize  # Python ints: a lying shape cannot wrap around
         if not 0 <= begin <= end <= data_size:
             raise CheckpointError(f"{where}: offsets [{begin}, {end}) lie outside the {data_size}-byte data section (truncated?)")
         if end - begin != expected:
@@ -108,7 +118,10 @@ class SafetensorsFile(Checkpoint):
 
     def close(self) -> None:
         if self._map is not None:
-            self._map.close()
+            try:
+                self._map.close()
+            except BufferError:
+                pass  # arrays still view the map (e.g. held by a traceback); it closes when they go
         self._file.close()
 
 
@@ -118,14 +131,18 @@ class ShardedSafetensors(Checkpoint):
         self.location = str(index_path)
         try:
             weight_map = json.loads(index_path.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{index_path}: not a valid shard index ({exc})") from None
+            if not isinstance(weight_map, dict):
+                raise TypeError(f"weight_map is a {type(weight_map).__name__}, not an object")
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{index_path}: not a valid shard index ({type(exc).__name__}: {exc})") from None
         root = model_dir.resolve()
         self._shards: dict[str, SafetensorsFile] = {}
         self._owner: dict[str, SafetensorsFile] = {}
         try:
             for name, shard_name in weight_map.items():
-                shard_path = (model_dir / str(shard_name)).resolve()
+                if not isinstance(shard_name, str) or not shard_name or "\0" in shard_name:
+                    raise CheckpointError(f"{index_path}: shard {shard_name!r} of tensor {name!r} is not a file name")
+                shard_path = (model_dir / shard_name).resolve()
                 if not shard_path.is_relative_to(root):
                     raise CheckpointError(f"{index_path}: shard {shard_name!r} of tensor {name!r} lies outside {model_dir}")
                 if not shard_path.is_file():
@@ -180,5 +197,7 @@ def open_checkpoint(model_dir: Path) -> Checkpoint:
     model_dir = Path(model_dir)
     for name, kind in ((SHARD_INDEX, ShardedSafetensors), (SINGLE_FILE, SafetensorsFile), (TORCH_FILE, TorchFile)):
         if (model_dir / name).is_file():
+            if not (model_dir / name).resolve().is_relative_to(model_dir.resolve()):
+                raise CheckpointError(f"{model_dir / name} lies outside {model_dir} (a symlink out of the model folder)")
             return kind(model_dir) if kind is ShardedSafetensors else kind(model_dir / name)
     raise CheckpointError(f"{model_dir} has none of {SINGLE_FILE}, {SHARD_INDEX}, {TORCH_FILE}")

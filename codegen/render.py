@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib.util
 import keyword
 import math
@@ -118,7 +119,9 @@ def _finalize(value: Any) -> str:
     raise RenderError(f"template emitted {value!r} without an escaping filter")
 
 
+@functools.lru_cache(maxsize=None)
 def _environment() -> jinja2.Environment:
+    """One environment per process: templates compile once (auto_reload still sees edits on disk)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
         undefined=jinja2.StrictUndefined,
@@ -210,7 +213,12 @@ def _forget_modules(module_name: str) -> None:
 def check_presets(spec: Spec, package_dir: Path) -> None:
     """Every preset must build a config with the generated from_dict (one implementation of the rules)."""
     module_name = f"_codegen_check_{spec.name}_{os.getpid()}"
-    module = import_package(package_dir, module_name)
+    # No __pycache__ in the staged tree: it would be swapped into generated/ with the sources.
+    dont_write_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        module = import_package(package_dir, module_name)
+    finally:
+        sys.dont_write_bytecode = dont_write_bytecode
     try:
         for preset, values in module.PRESETS.items():
             try:

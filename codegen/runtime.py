@@ -50,21 +50,33 @@ class Model:
         max_total_seq_len: int | None = None,
     ):
         artifact = Path(artifact)
+        _check_size("max_batch_size", max_batch_size)
+        if max_total_seq_len is not None:
+            _check_size("max_total_seq_len", max_total_seq_len)
         self.metadata = _read_metadata(artifact)
+        try:
+            build = self.metadata["codegen"]
+            target = build["target"]
+        except (KeyError, TypeError):
+            raise ArtifactError(f"{artifact / METADATA_NAME} lacks the codegen section; recompile") from None
+        self.max_batch_size = max_batch_size
+        self.device_name = device or ("cuda" if target == "cuda" else "cpu")
+        self.device = _device(self.device_name, target)
+
+        try:
+            library = tvm.runtime.load_module(str(artifact / LIBRARY_NAME))
+            self.vm = relax.VirtualMachine(library, self.device)
+            embedded = json.loads(self.vm["_metadata"]())
+        except Exception as exc:  # TVM raises its own error types for a file that is not a model library
+            raise ArtifactError(f"{artifact / LIBRARY_NAME} cannot be loaded as a model library ({type(exc).__name__}: {exc})") from None
+        # The library's own metadata is the truth: vocab size and window guard the compiled gathers,
+        # so metadata.json must agree with it on every field, not only on the parameters.
+        _check_metadata(artifact, self.metadata, embedded)
         build = self.metadata["codegen"]
         self.config = build["config"]
         self.vocab_size = int(build["vocab_size"])
         self.context_window_size = int(self.metadata["context_window_size"])
         self.prefill_chunk_size = int(self.metadata["prefill_chunk_size"])
-        self.max_batch_size = max_batch_size
-        self.device_name = device or ("cuda" if build["target"] == "cuda" else "cpu")
-        self.device = _device(self.device_name, build["target"])
-
-        library = tvm.runtime.load_module(str(artifact / LIBRARY_NAME))
-        self.vm = relax.VirtualMachine(library, self.device)
-        embedded = json.loads(self.vm["_metadata"]())
-        if embedded["params"] != self.metadata["params"]:
-            raise ArtifactError(f"{artifact / METADATA_NAME} does not match the parameters compiled into {LIBRARY_NAME}; recompile")
         self.params = tensor_cache.load_params(artifact, self.metadata["params"], self.device)
 
         self.max_total_seq_len = max_total_seq_len or self.context_window_size * max_batch_size
@@ -249,14 +261,45 @@ def sample(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.
     return int(rng.choice(keep, p=kept))
 
 
+def _check_size(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise RuntimeInputError(f"{name} must be a positive integer, got {value!r}")
+
+
 def _read_metadata(artifact: Path) -> dict:
     for name in (LIBRARY_NAME, METADATA_NAME):
         if not (artifact / name).is_file():
             raise ArtifactError(f"{artifact} has no {name}: run `codegen compile --output {artifact}` first")
     try:
-        return json.loads((artifact / METADATA_NAME).read_text())
-    except json.JSONDecodeError as exc:
+        metadata = json.loads((artifact / METADATA_NAME).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{artifact / METADATA_NAME} is not valid JSON: {exc}") from None
+    if not isinstance(metadata, dict):
+        raise ArtifactError(f"{artifact / METADATA_NAME} is not a JSON object; recompile")
+    return metadata
+
+
+def _check_metadata(artifact: Path, metadata: dict, embedded: dict) -> None:
+    """metadata.json must say what the library says (compile_seconds is only in the file)."""
+    expected = json.loads(json.dumps(metadata))
+    if isinstance(expected.get("codegen"), dict):
+        expected["codegen"].pop("compile_seconds", None)
+    if expected.get("params") != embedded.get("params"):
+        raise ArtifactError(f"{artifact / METADATA_NAME} does not match the parameters compiled into {LIBRARY_NAME}; recompile")
+    differ = sorted(_differences(expected, embedded))
+    if differ:
+        raise ArtifactError(
+            f"{artifact / METADATA_NAME} does not match the metadata compiled into {LIBRARY_NAME}"
+            f" ({', '.join(differ)}); recompile"
+        )
+
+
+def _differences(a, b, prefix: str = "") -> Iterator[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            yield from _differences(a.get(key), b.get(key), f"{prefix}{key}.")
+    elif a != b:
+        yield prefix.rstrip(".")
 
 
 def _device(name: str, target: str) -> tvm.runtime.Device:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -106,17 +107,16 @@ def load_params(directory: Path, expected: list[dict[str, Any]], device: tvm.run
     directory = Path(directory)
     index = read_index(directory)
     arrays: dict[str, np.ndarray] = {}
-    for shard in index.get("records", []):
-        path = (directory / shard["dataPath"]).resolve()
-        if not path.is_relative_to(directory.resolve()) or not path.is_file():
-            raise TensorCacheError(f"shard {shard['dataPath']!r} is missing or lies outside {directory}")
-        data = path.read_bytes()
-        if len(data) != shard["nbytes"]:
-            raise TensorCacheError(f"shard {path.name} has {len(data)} bytes, the index says {shard['nbytes']}")
-        if "sha256" in shard and hashlib.sha256(data).hexdigest() != shard["sha256"]:
-            raise TensorCacheError(f"shard {path.name} fails its sha256 check: the file is damaged; convert again")
-        for record in shard["records"]:
-            arrays[record["name"]] = _decode(record, data, path.name)
+    try:
+        shards = index["records"]
+        if not isinstance(shards, list):
+            raise TypeError("records is not a list")
+        for shard in shards:
+            _load_shard(directory, shard, arrays)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise TensorCacheError(
+            f"{directory / INDEX_NAME} is malformed ({type(exc).__name__}: {exc}); convert again"
+        ) from None
     tensors = []
     for param in expected:
         name = param["name"]
@@ -134,12 +134,31 @@ def load_params(directory: Path, expected: list[dict[str, Any]], device: tvm.run
     return tensors
 
 
+def _load_shard(directory: Path, shard: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    data_path = shard["dataPath"]
+    if not isinstance(data_path, str) or "\0" in data_path:
+        raise TensorCacheError(f"shard path {data_path!r} is not a file name")
+    path = (directory / data_path).resolve()
+    if not path.is_relative_to(directory.resolve()) or not path.is_file():
+        raise TensorCacheError(f"shard {data_path!r} is missing or lies outside {directory}")
+    data = path.read_bytes()
+    if len(data) != shard["nbytes"]:
+        raise TensorCacheError(f"shard {path.name} has {len(data)} bytes, the index says {shard['nbytes']}")
+    if "sha256" in shard and hashlib.sha256(data).hexdigest() != shard["sha256"]:
+        raise TensorCacheError(f"shard {path.name} fails its sha256 check: the file is damaged; convert again")
+    for record in shard["records"]:
+        arrays[record["name"]] = _decode(record, data, path.name)
+
+
 def _decode(record: dict[str, Any], data: bytes, shard_name: str) -> np.ndarray:
     if record.get("format") != "raw":
         raise TensorCacheError(f"{record['name']}: encoding {record.get('format')!r} is not supported (only raw)")
-    dtype = numpy_dtype(record["dtype"])
+    if record.get("dtype") not in _NUMPY_DTYPES:
+        raise TensorCacheError(f"{record['name']}: unsupported dtype {record.get('dtype')!r}; supported: {', '.join(_NUMPY_DTYPES)}")
+    dtype = _NUMPY_DTYPES[record["dtype"]]
     offset, nbytes = int(record["byteOffset"]), int(record["nbytes"])
-    count = int(np.prod(record["shape"], dtype=np.int64))
-    if offset < 0 or offset + nbytes > len(data) or nbytes != count * dtype.itemsize:
+    shape = [int(d) for d in record["shape"]]
+    count = math.prod(shape)
+    if any(d < 0 for d in shape) or offset < 0 or offset + nbytes > len(data) or nbytes != count * dtype.itemsize:
         raise TensorCacheError(f"{record['name']}: offset/size in the index do not fit shard {shard_name}")
-    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(record["shape"])
+    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from codegen import tensor_cache
+from codegen import chat_config, tensor_cache
 from codegen.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from codegen.models import GeneratedModel
 
@@ -58,13 +58,43 @@ def _mapped_tensors(
         )
     target_dtype = tensor_cache.numpy_dtype(dtype)
     for name, source in sources.items():
-        parts = [apply_transforms(checkpoint.get(hf_name), source.transforms, config) for hf_name in source.hf_names]
+        parts = [apply_transforms(_float_tensor(checkpoint, hf_name), source.transforms, config) for hf_name in source.hf_names]
         array = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         shape, _ = specs[name]
         if tuple(array.shape) != shape:
             names = " + ".join(source.hf_names)
             raise CheckpointError(f"{names}: shape {list(array.shape)} does not fit parameter {name} {list(shape)}")
         yield name, array.astype(target_dtype), dtype
+
+
+_FLOAT_DTYPES = {"float16", "float32", "float64", "bfloat16"}
+
+
+def _float_tensor(checkpoint: Checkpoint, name: str) -> np.ndarray:
+    """Weights are floating point; an integer or bool tensor is a damaged or foreign checkpoint."""
+    array = checkpoint.get(name)
+    if str(array.dtype) not in _FLOAT_DTYPES:
+        raise CheckpointError(
+            f"{checkpoint.location}: tensor {name!r} has dtype {array.dtype}; weights must be floating-point"
+            f" ({', '.join(sorted(_FLOAT_DTYPES))})"
+        )
+    return array
+
+
+def _read_config(model: GeneratedModel, model_dir: Path) -> Any:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{model_dir} has no config.json (the Hugging Face model config)")
+    try:
+        hf_config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(hf_config, dict):
+        raise CheckpointError(f"{path} is not a JSON object")
+    try:
+        return model.package.Config.from_dict(hf_config)
+    except ArithmeticError as exc:  # a derived size dividing by a zero field (n_head: 0)
+        raise CheckpointError(f"{path} does not describe a model: {type(exc).__name__}: {exc}") from None
 
 
 def convert(
@@ -76,7 +106,7 @@ def convert(
 ) -> dict[str, Any]:
     """Write the tensor cache for model_dir into output (temporary folder first, renamed when complete)."""
     model_dir, output = Path(model_dir), Path(output)
-    config = model.package.Config.from_file(model_dir / "config.json")
+    config = _read_config(model, model_dir)
     checkpoint = open_checkpoint(model_dir)
     output.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".weights-", dir=output))
@@ -90,6 +120,7 @@ def convert(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         checkpoint.close()
+    chat_config.write(model_dir, output, config, dtype)
     return {"config": config, "index": json.loads((output / tensor_cache.INDEX_NAME).read_text())}
 
 
@@ -100,10 +131,12 @@ def _with_progress(tensors, total: int):
 
 
 def _replace_weights(staging: Path, output: Path) -> None:
-    """Swap the new shards in, index last: a reader never sees an index that names missing shards."""
+    """Swap the new shards in. The old index goes first and the new one comes last, so at every
+    moment tensor-cache.json is either the old index with all its shards, or absent, or the new one
+    with all its shards: never an index next to shards it does not describe."""
+    (output / tensor_cache.INDEX_NAME).unlink(missing_ok=True)
     for old in output.glob(f"{tensor_cache.SHARD_PREFIX}*.bin"):
         old.unlink()
-    (output / tensor_cache.INDEX_NAME).unlink(missing_ok=True)
     for shard in sorted(staging.glob(f"{tensor_cache.SHARD_PREFIX}*.bin")):
         os.replace(shard, output / shard.name)
     os.replace(staging / tensor_cache.INDEX_NAME, output / tensor_cache.INDEX_NAME)
