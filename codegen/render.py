@@ -88,11 +88,6 @@ def comment_text(value: Any) -> Code:
     return Code(_printable(" ".join(str(value).split())))
 
 
-def template_text(value: str) -> Code:
-    """A literal written in the template itself (never a spec value), e.g. a choice of class name."""
-    return Code(value)
-
-
 def field_type(kind: str) -> Code:
     return Code({"int": "int", "float": "float", "bool": "bool", "activation": "str"}[kind])
 
@@ -138,7 +133,6 @@ def _environment() -> jinja2.Environment:
         docstring=docstring_text,
         py_comment=comment_text,
         field_type=field_type,
-        raw=template_text,
         expression=expression,
         weight_source=weight_source,
     )

@@ -306,8 +306,9 @@ def test_config_json_that_is_not_a_config(model, model_dir, out, text, expected)
 @pytest.mark.parametrize(
     "field, value, expected",
     [
-        ("n_head", 0, "does not describe a model: ZeroDivisionError"),
-        ("n_head", -4, "num_attention_heads must be a positive integer, got -4"),
+        ("n_head", 0, "config.json field 'n_head' must be a positive integer below 2**31, got 0"),
+        ("n_head", -4, "config.json field 'n_head' must be a positive integer below 2**31, got -4"),
+        ("layer_norm_epsilon", float("nan"), "config.json field 'layer_norm_epsilon' must be a finite number, got nan"),
         ("n_embd", "32", "config.json field 'n_embd' must be int, got '32'"),
         ("model_type", "llama", "config.json model_type 'llama' is not 'gpt_bigcode'"),
         ("multi_query", False, "multi_query=False"),

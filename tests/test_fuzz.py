@@ -648,11 +648,11 @@ def test_non_finite_numbers_are_refused(tmp_path):
 
 def test_a_preset_whose_size_expression_divides_by_zero_is_a_spec_error(tmp_path):
     doc = copy.deepcopy(BASE)
-    doc["presets"]["santacoder"]["n_head"] = 0
+    doc["config"]["head_dim"]["default_from"] = "hidden_size // (num_attention_heads - 12)"
     spec_path = write_spec(tmp_path, doc)
     with pytest.raises(SpecError, match="cannot build a config: ZeroDivisionError") as info:
         exercise_strict(spec_path)
-    assert info.value.key_path == ("presets", "santacoder")
+    assert info.value.key_path == ("presets", "tiny_starcoder")  # the first preset with 12 heads
     assert_located(info.value, spec_path)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support import random_hf_model, save_hf_model
-from tests.test_families import INITIALIZER_RANGE, VOCAB, WINDOW, check_parity, perturb_biases
+from tests.parity import VOCAB, WINDOW, check_parity
 
 GPT_NEOX_SPEC = """\
 # GPT-NeoX / Pythia, from existing options only.
@@ -113,9 +113,7 @@ def test_new_family_parity(neox_package, tmp_path):
         transformers.GPTNeoXConfig, transformers.GPTNeoXForCausalLM,
         hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=96,
         max_position_embeddings=WINDOW, vocab_size=VOCAB, rotary_pct=0.5, rotary_emb_base=500,
-        initializer_range=INITIALIZER_RANGE,
     )
-    perturb_biases(hf_model)
     model_dir = save_hf_model(hf_model, tmp_path / "hf")
     model = GeneratedModel(name="gpt_neox", package=neox_package)
     config = neox_package.Config.from_file(model_dir / "config.json")

@@ -62,6 +62,13 @@ def _read(
         value = float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"config.json field {name!r} must be {kind.__name__}, got {value!r}")
+    # Every integer field is a size or a count; the bound keeps TVM's int32 shapes valid.
+    if kind is int and not 0 < value < 2**31:
+        raise ConfigError(
+            f"config.json field {name!r} must be a positive integer below 2**31, got {value!r}"
+        )
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(f"config.json field {name!r} must be a finite number, got {value!r}")
     return value
 
 
