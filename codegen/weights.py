@@ -46,10 +46,12 @@ def _mapped_tensors(
     sources = model.package.weight_map(config)
     if set(sources) != set(specs):
         raise RuntimeError(f"generated weight map and model disagree on {sorted(set(sources) ^ set(specs))}")
-    available = set(checkpoint.names())
     needed = {name for source in sources.values() for name in source.hf_names}
+    ignored = model.package.ignored_tensors(config)
+    stored_as = _stored_names(checkpoint.names(), needed | ignored, model.package.BACKBONE_PREFIX)
+    available = set(stored_as)
     missing = sorted(needed - available)
-    unexpected = sorted(available - needed - model.package.ignored_tensors(config))
+    unexpected = sorted(available - needed - ignored)
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint {checkpoint.location} does not match {model.name} for this config.json:"
@@ -58,13 +60,28 @@ def _mapped_tensors(
         )
     target_dtype = tensor_cache.numpy_dtype(dtype)
     for name, source in sources.items():
-        parts = [apply_transforms(_float_tensor(checkpoint, hf_name), source.transforms, config) for hf_name in source.hf_names]
+        parts = [
+            apply_transforms(_float_tensor(checkpoint, stored_as[hf_name]), source.transforms, config)
+            for hf_name in source.hf_names
+        ]
         array = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         shape, _ = specs[name]
         if tuple(array.shape) != shape:
             names = " + ".join(source.hf_names)
             raise CheckpointError(f"{names}: shape {list(array.shape)} does not fit parameter {name} {list(shape)}")
         yield name, array.astype(target_dtype), dtype
+
+
+def _stored_names(names: list[str], known: set[str], backbone_prefix: str) -> dict[str, str]:
+    """Name the weight map uses -> name in the checkpoint.
+
+    A bare-backbone checkpoint (e.g. GPT2Model, as the original gpt2 release is stored) lacks the
+    backbone prefix: h.0.attn.c_attn.weight stands for transformer.h.0.attn.c_attn.weight.
+    """
+    return {
+        backbone_prefix + name if name not in known and backbone_prefix + name in known else name: name
+        for name in names
+    }
 
 
 _FLOAT_DTYPES = {"float16", "float32", "float64", "bfloat16"}

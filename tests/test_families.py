@@ -184,3 +184,26 @@ def test_santacoder_legacy_weight_map_reads_split_conv1d(tmp_path):
     bad = {**json.loads((legacy_dir / "config.json").read_text()), "attention_head_type": "multihead"}
     with pytest.raises(model.package.ConfigError, match="attention_head_type"):
         model.package.Config.from_dict(bad)
+
+
+def test_bare_backbone_checkpoint_converts_like_the_full_one(tmp_path):
+    """The original gpt2 release stores GPT2Model tensors (h.0..., wte...) without `transformer.`."""
+    from safetensors.numpy import load_file, save_file
+
+    from codegen.models import load_model
+    from codegen.weights import convert
+
+    family = FAMILIES["gpt2"]
+    full = save_hf_model(make_hf_model(family), tmp_path / "full")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    tensors = load_file(str(full / "model.safetensors"))
+    bare_tensors = {name.removeprefix("transformer."): array for name, array in tensors.items()}
+    bare_tensors["h.0.attn.bias"] = np.tril(np.ones((1, 1, WINDOW, WINDOW), dtype=np.float32))  # old mask buffer
+    save_file(bare_tensors, str(bare / "model.safetensors"))
+    (bare / "config.json").write_text((full / "config.json").read_text())
+    assert not any(name.startswith("transformer.") for name in bare_tensors)
+
+    model = load_model(family.spec)
+    indexes = [convert(model, folder, tmp_path / f"out-{folder.name}", progress=False)["index"] for folder in (full, bare)]
+    assert indexes[0]["records"] == indexes[1]["records"]  # same names, shapes, offsets and sha256

@@ -9,10 +9,11 @@ from .model import (
     GPTBigCodeForCausalLM as ForCausalLM,
 )
 from .presets import PRESETS
-from .weights import WeightSource, ignored_tensors, weight_map
+from .weights import BACKBONE_PREFIX, WeightSource, ignored_tensors, weight_map
 
 __all__ = [
     "ARCHITECTURE",
+    "BACKBONE_PREFIX",
     "Config",
     "ConfigError",
     "ForCausalLM",

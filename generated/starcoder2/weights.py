@@ -11,6 +11,9 @@ import dataclasses
 
 from .model import Starcoder2Config
 
+# A checkpoint of the bare backbone (HF's base model class) names its tensors without this prefix.
+BACKBONE_PREFIX = "model."
+
 
 @dataclasses.dataclass(frozen=True)
 class WeightSource:
