@@ -103,35 +103,44 @@ def read_index(directory: Path) -> dict[str, Any]:
 
 
 def load_params(directory: Path, expected: list[dict[str, Any]], device: tvm.runtime.Device) -> list[tvm.runtime.Tensor]:
-    """Load and verify every parameter, in the order the compiled model expects them."""
+    """Load and verify every parameter, in the order the compiled model expects them.
+
+    Shard by shard: each is read, checked and copied to the device before the next, so the host
+    holds one shard beside the parameters, not a second copy of the whole model.
+    """
     directory = Path(directory)
     index = read_index(directory)
-    arrays: dict[str, np.ndarray] = {}
+    wanted = {param["name"]: param for param in expected}
+    tensors: dict[str, tvm.runtime.Tensor] = {}
     try:
         shards = index["records"]
         if not isinstance(shards, list):
             raise TypeError("records is not a list")
         for shard in shards:
+            arrays: dict[str, np.ndarray] = {}
             _load_shard(directory, shard, arrays)
+            for name, array in arrays.items():
+                if name in wanted:
+                    tensors[name] = _to_device(name, array, wanted[name], device)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise TensorCacheError(
             f"{directory / INDEX_NAME} is malformed ({type(exc).__name__}: {exc}); convert again"
         ) from None
-    tensors = []
-    for param in expected:
-        name = param["name"]
-        if name not in arrays:
-            raise TensorCacheError(f"the tensor cache in {directory} lacks parameter {name!r}")
-        array = arrays[name]
-        if list(array.shape) != list(param["shape"]) or str(array.dtype) != param["dtype"]:
-            raise TensorCacheError(
-                f"parameter {name!r} is {array.dtype}{list(array.shape)} in the tensor cache,"
-                f" the model needs {param['dtype']}{list(param['shape'])}"
-            )
-        tensor = tvm.runtime.empty(array.shape, param["dtype"], device=device)
-        tensor.copyfrom(array)
-        tensors.append(tensor)
-    return tensors
+    missing = [name for name in wanted if name not in tensors]
+    if missing:
+        raise TensorCacheError(f"the tensor cache in {directory} lacks parameter {missing[0]!r}")
+    return [tensors[param["name"]] for param in expected]
+
+
+def _to_device(name: str, array: np.ndarray, param: dict[str, Any], device: tvm.runtime.Device) -> tvm.runtime.Tensor:
+    if list(array.shape) != list(param["shape"]) or str(array.dtype) != param["dtype"]:
+        raise TensorCacheError(
+            f"parameter {name!r} is {array.dtype}{list(array.shape)} in the tensor cache,"
+            f" the model needs {param['dtype']}{list(param['shape'])}"
+        )
+    tensor = tvm.runtime.empty(array.shape, param["dtype"], device=device)
+    tensor.copyfrom(array)
+    return tensor
 
 
 def _load_shard(directory: Path, shard: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
