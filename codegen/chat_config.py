@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from codegen.compile import QUANTIZATIONS, engine_limits
+
 CHAT_CONFIG_NAME = "mlc-chat-config.json"
 CHAT_CONFIG_VERSION = "0.1.0"
 # The tokenizer files MLC LLM copies, in its order.
@@ -23,7 +25,6 @@ TOKENIZER_FILES = (
     "added_tokens.json",
     "tokenizer_config.json",
 )
-QUANTIZATIONS = {"float32": "q0f32", "float16": "q0f16", "bfloat16": "q0bf16"}
 # MLC LLM's sampling defaults, used where the checkpoint's generation_config.json says nothing.
 SAMPLING_DEFAULTS = {
     "temperature": 1.0,
@@ -69,12 +70,7 @@ def chat_config_fields(
         "quantization": QUANTIZATIONS[dtype],
         "model_config": hf_config,
         "vocab_size": config.vocab_size,
-        "context_window_size": config.context_window_size,
-        "sliding_window_size": -1,
-        "attention_sink_size": -1,
-        "prefill_chunk_size": config.prefill_chunk_size,
-        "tensor_parallel_shards": 1,
-        "pipeline_parallel_stages": 1,
+        **engine_limits(config),
         "tokenizer_files": tokenizer_files,
         "bos_token_id": token_id("bos_token_id"),
         "eos_token_id": eos,

@@ -20,6 +20,8 @@ from codegen.models import GeneratedModel
 
 TARGETS = ("llvm", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
+# MLC LLM's names for unquantised weights of each dtype.
+QUANTIZATIONS = {"float32": "q0f32", "float16": "q0f16", "bfloat16": "q0bf16"}
 CUDA_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
 LIBRARY_NAME = "model.so"
 METADATA_NAME = "metadata.json"
@@ -74,17 +76,24 @@ def export(model: GeneratedModel, config: Any, options: BuildOptions) -> tuple[t
     return ir_module, named_params
 
 
-def metadata(model: GeneratedModel, config: Any, options: BuildOptions, named_params) -> dict[str, Any]:
-    """The MLC LLM `_metadata` fields, plus what our runtime needs to check an artifact."""
+def engine_limits(config: Any) -> dict[str, Any]:
+    """The window and parallelism fields that both `_metadata` and mlc-chat-config.json carry."""
     return {
-        "model_type": model.name,
-        "quantization": "q0f32" if options.dtype == "float32" else ("q0f16" if options.dtype == "float16" else "q0bf16"),
         "context_window_size": config.context_window_size,
         "sliding_window_size": -1,
         "attention_sink_size": -1,
         "prefill_chunk_size": config.prefill_chunk_size,
         "tensor_parallel_shards": 1,
         "pipeline_parallel_stages": 1,
+    }
+
+
+def metadata(model: GeneratedModel, config: Any, options: BuildOptions, named_params) -> dict[str, Any]:
+    """The MLC LLM `_metadata` fields, plus what our runtime needs to check an artifact."""
+    return {
+        "model_type": model.name,
+        "quantization": QUANTIZATIONS[options.dtype],
+        **engine_limits(config),
         "disaggregation": False,
         "kv_state_kind": "kv_cache",
         "max_batch_size": 80,

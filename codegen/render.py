@@ -25,7 +25,7 @@ import black
 import jinja2
 
 from codegen import expr
-from codegen.spec import REPO_ROOT, Parameter, Spec, SpecError, load_spec
+from codegen.spec import REPO_ROOT, Parameter, Spec, load_spec
 
 TEMPLATES_DIR = REPO_ROOT / "templates"
 SPECS_DIR = REPO_ROOT / "specs"

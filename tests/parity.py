@@ -20,14 +20,18 @@ def tokens(seed: int, count: int, vocab: int = VOCAB) -> list[int]:
     return [int(t) for t in np.random.default_rng(seed).integers(0, vocab, size=count)]
 
 
+def prefill_then_decode(model, sequence: list[int], prompt_length: int) -> np.ndarray:
+    """Runtime logits for positions prompt_length-1 .. len(sequence)-1, one row each."""
+    rows = [model.prefill(sequence[:prompt_length])]
+    rows += [model.decode(token) for token in sequence[prompt_length:]]
+    return np.stack(rows)
+
+
 def prefill_decode_diff(model, hf_model, seed: int = 0) -> float:
     """Prefill PROMPT_LEN tokens, then decode DECODE_STEPS more; worst |Δlogit| over all of them."""
     sequence = tokens(seed, PROMPT_LEN + DECODE_STEPS)
-    expected = hf_logits(hf_model, sequence)
-    worst = max_abs_diff(model.prefill(sequence[:PROMPT_LEN]), expected[PROMPT_LEN - 1])
-    for position in range(PROMPT_LEN, len(sequence)):
-        worst = max(worst, max_abs_diff(model.decode(sequence[position]), expected[position]))
-    return worst
+    expected = hf_logits(hf_model, sequence)[PROMPT_LEN - 1 :]
+    return max_abs_diff(prefill_then_decode(model, sequence, PROMPT_LEN), expected)
 
 
 def batch_diff(model, hf_model, seed: int = 0) -> float:

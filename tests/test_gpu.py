@@ -31,15 +31,13 @@ import numpy as np
 import pytest
 import tvm
 
-from tests.support import REPO_ROOT, hf_logits, max_abs_diff, save_hf_model, tiny_preset
+from tests.parity import prefill_then_decode, tokens
+from tests.support import INITIALIZER_RANGE, REPO_ROOT, hf_logits, max_abs_diff, save_hf_model, tiny_preset
 
 PROMPT_LENGTH = 13  # prefill, then decode to 33 tokens: crosses the KV pages at 16 and 32
 DECODE_STEPS = 20
 BATCH_PROMPT_LENGTHS = (5, 17, 30)
 GENERATE_TOKENS = 16
-# As tests/test_families.py: HF's 0.02 leaves a 2-layer model's attention almost uniform, so a wrong
-# position or scale moves logits by little; at 0.15 logits are O(1) and every part matters.
-INITIALIZER_RANGE = 0.15
 
 # ---- The float16 tolerance, in units of float16's unit roundoff times the largest |logit|.
 # float16 keeps 11 significant bits, so each rounding is off by up to u = 2^-11 (4.9e-4) relative.
@@ -344,9 +342,6 @@ def test_every_case_has_a_measured_tolerance():
     assert set(MEASURED_CPU_FLOAT16_UNITS) == {case.name for case in CASES}
 
 
-def _tokens(vocab_size: int, count: int, seed: int) -> list[int]:
-    return [int(t) for t in np.random.default_rng(seed).integers(0, vocab_size, count)]
-
 
 def _cuda_model(built: Built, max_batch_size: int = 4):
     from codegen.runtime import Model
@@ -357,16 +352,11 @@ def _cuda_model(built: Built, max_batch_size: int = 4):
     return model
 
 
-def _prefill_then_decode(model, tokens: list[int], prompt_length: int) -> np.ndarray:
-    rows = [model.prefill(tokens[:prompt_length])]
-    rows += [model.decode(token) for token in tokens[prompt_length:]]
-    return np.stack(rows)
-
 
 def test_prefill_and_decode_match_transformers(built: Built):
-    tokens = _tokens(built.vocab_size, PROMPT_LENGTH + DECODE_STEPS, seed=1)
-    reference = hf_logits(built.hf_model, tokens)[PROMPT_LENGTH - 1 :]
-    actual = _prefill_then_decode(_cuda_model(built), tokens, PROMPT_LENGTH)
+    sequence = tokens(1, PROMPT_LENGTH + DECODE_STEPS, built.vocab_size)
+    reference = hf_logits(built.hf_model, sequence)[PROMPT_LENGTH - 1 :]
+    actual = prefill_then_decode(_cuda_model(built), sequence, PROMPT_LENGTH)
     tolerance = built.tolerance(reference)
     prefill_diff, decode_diff = max_abs_diff(actual[0], reference[0]), max_abs_diff(
         actual[1:], reference[1:]
@@ -383,11 +373,11 @@ def test_prefill_and_decode_match_transformers(built: Built):
 
 def test_batch_of_three_matches_transformers(built: Built):
     prompts = [
-        _tokens(built.vocab_size, length, seed=10 + i)
+        tokens(10 + i, length, built.vocab_size)
         for i, length in enumerate(BATCH_PROMPT_LENGTHS)
     ]
     continuations = [
-        _tokens(built.vocab_size, DECODE_STEPS, seed=20 + i) for i in range(len(prompts))
+        tokens(20 + i, DECODE_STEPS, built.vocab_size) for i in range(len(prompts))
     ]
     model = _cuda_model(built, max_batch_size=len(prompts))
     seq_ids = [model.add_sequence() for _ in prompts]
@@ -418,7 +408,7 @@ def test_greedy_generate_matches_transformers_float16_on_gpu(built: Built):
 
     from transformers import AutoModelForCausalLM
 
-    prompt = _tokens(built.vocab_size, 7, seed=3)
+    prompt = tokens(3, 7, built.vocab_size)
     hf16 = AutoModelForCausalLM.from_pretrained(built.hf_dir, dtype=torch.float16).to(DEVICE).eval()
     # No eos: transformers would stop at it. Set on the model's own generation config.
     hf16.generation_config.eos_token_id = None
@@ -471,11 +461,11 @@ def measure_tolerance(root: Path) -> list[dict[str, Any]]:
         entry = build_case(case, root, "sm_90", target="llvm")
         hf32 = AutoModelForCausalLM.from_pretrained(entry["hf_dir"], dtype=torch.float32).eval()
         hf16 = AutoModelForCausalLM.from_pretrained(entry["hf_dir"], dtype=torch.float16).eval()
-        tokens = _tokens(hf32.config.vocab_size, PROMPT_LENGTH + DECODE_STEPS, seed=1)
-        reference = hf_logits(hf32, tokens)[PROMPT_LENGTH - 1 :]
+        sequence = tokens(1, PROMPT_LENGTH + DECODE_STEPS, hf32.config.vocab_size)
+        reference = hf_logits(hf32, sequence)[PROMPT_LENGTH - 1 :]
         scale = FLOAT16_UNIT_ROUNDOFF * float(np.abs(reference).max())
-        theirs = hf_logits(hf16, tokens)[PROMPT_LENGTH - 1 :]
-        ours = _prefill_then_decode(Model(entry["artifact"], device="cpu"), tokens, PROMPT_LENGTH)
+        theirs = hf_logits(hf16, sequence)[PROMPT_LENGTH - 1 :]
+        ours = prefill_then_decode(Model(entry["artifact"], device="cpu"), sequence, PROMPT_LENGTH)
         row = {
             "case": case.name,
             "max_abs_logit": float(np.abs(reference).max()),

@@ -18,6 +18,7 @@ from codegen.compile import LIBRARY_NAME, METADATA_NAME
 from codegen.models import load_model
 from codegen.runtime import Model
 from codegen.weights import convert
+from tests.parity import prefill_then_decode, tokens
 from tests.support import FLOAT32_TOLERANCE, hf_logits, max_abs_diff, random_hf_model, save_hf_model
 
 pytestmark = pytest.mark.slow
@@ -152,15 +153,6 @@ def odd_case(build_case) -> Built:
     return build_case(CASES[0])
 
 
-def _tokens(vocab_size: int, count: int, seed: int) -> list[int]:
-    return [int(t) for t in np.random.default_rng(seed).integers(0, vocab_size, count)]
-
-
-def _prefill_then_decode(model: Model, tokens: list[int], prompt_length: int) -> np.ndarray:
-    """Runtime logits for positions prompt_length-1 .. len(tokens)-1, one row each."""
-    rows = [model.prefill(tokens[:prompt_length])]
-    rows += [model.decode(token) for token in tokens[prompt_length:]]
-    return np.stack(rows)
 
 
 def _convert_beside(base: Built, model_dir: Path, output: Path) -> Path:
@@ -176,9 +168,9 @@ def _convert_beside(base: Built, model_dir: Path, output: Path) -> Path:
 
 
 def test_prefill_and_decode_match_transformers(built: Built):
-    tokens = _tokens(built.vocab_size, PROMPT_LENGTH + DECODE_STEPS, seed=1)
-    expected = hf_logits(built.hf_model, tokens)[PROMPT_LENGTH - 1 :]
-    actual = _prefill_then_decode(Model(built.artifact), tokens, PROMPT_LENGTH)
+    sequence = tokens(1, PROMPT_LENGTH + DECODE_STEPS, built.vocab_size)
+    expected = hf_logits(built.hf_model, sequence)[PROMPT_LENGTH - 1 :]
+    actual = prefill_then_decode(Model(built.artifact), sequence, PROMPT_LENGTH)
     prefill_diff, decode_diff = max_abs_diff(actual[0], expected[0]), max_abs_diff(
         actual[1:], expected[1:]
     )
@@ -191,11 +183,11 @@ def test_prefill_and_decode_match_transformers(built: Built):
 
 def test_batch_of_three_matches_each_sequence_alone(built: Built):
     prompts = [
-        _tokens(built.vocab_size, length, seed=10 + i)
+        tokens(10 + i, length, built.vocab_size)
         for i, length in enumerate(BATCH_PROMPT_LENGTHS)
     ]
     continuations = [
-        _tokens(built.vocab_size, DECODE_STEPS, seed=20 + i) for i in range(len(prompts))
+        tokens(20 + i, DECODE_STEPS, built.vocab_size) for i in range(len(prompts))
     ]
     model = Model(built.artifact, max_batch_size=len(prompts))
 
@@ -212,10 +204,10 @@ def test_batch_of_three_matches_each_sequence_alone(built: Built):
 
     worst_alone = worst_hf = 0.0
     for i, seq_id in enumerate(seq_ids):
-        tokens = prompts[i] + continuations[i]
+        sequence = prompts[i] + continuations[i]
         actual = np.stack(batched[seq_id])
-        alone = _prefill_then_decode(model, tokens, len(prompts[i]))
-        reference = hf_logits(built.hf_model, tokens)[len(prompts[i]) - 1 :]
+        alone = prefill_then_decode(model, sequence, len(prompts[i]))
+        reference = hf_logits(built.hf_model, sequence)[len(prompts[i]) - 1 :]
         worst_alone = max(worst_alone, max_abs_diff(actual, alone))
         worst_hf = max(worst_hf, max_abs_diff(actual, reference))
     print(
@@ -228,7 +220,7 @@ def test_batch_of_three_matches_each_sequence_alone(built: Built):
 def test_greedy_generate_matches_transformers(built: Built):
     import torch
 
-    prompt = _tokens(built.vocab_size, 7, seed=3)
+    prompt = tokens(3, 7, built.vocab_size)
     # No eos: transformers would stop at it, and min_new_tokens would change the argmax instead.
     # Set on the model's own generation config, which generate() falls back to for unset values.
     generation_config = built.hf_model.generation_config
@@ -257,7 +249,7 @@ def test_chunked_batch_prefill_matches_transformers(odd_case: Built, artifacts):
     """A prefill chunk of 16 splits the batch's 52 prompt tokens across four forward passes."""
     artifact = artifacts.build(odd_case.case.spec, odd_case.model_dir, prefill_chunk_size=16)
     prompts = [
-        _tokens(odd_case.vocab_size, length, seed=30 + i)
+        tokens(30 + i, length, odd_case.vocab_size)
         for i, length in enumerate(BATCH_PROMPT_LENGTHS)
     ]
     model = Model(artifact, max_batch_size=len(prompts))
@@ -288,18 +280,18 @@ def test_other_checkpoint_layouts_give_the_same_logits(
         torch.save(odd_case.hf_model.state_dict(), source / "pytorch_model.bin")
     artifact = _convert_beside(odd_case, source, tmp_path / "artifact")
 
-    tokens = _tokens(odd_case.vocab_size, PROMPT_LENGTH + 3, seed=4)
-    reference = _prefill_then_decode(Model(odd_case.artifact), tokens, PROMPT_LENGTH)
-    actual = _prefill_then_decode(Model(artifact), tokens, PROMPT_LENGTH)
+    sequence = tokens(4, PROMPT_LENGTH + 3, odd_case.vocab_size)
+    reference = prefill_then_decode(Model(odd_case.artifact), sequence, PROMPT_LENGTH)
+    actual = prefill_then_decode(Model(artifact), sequence, PROMPT_LENGTH)
     # Same float32 weights and the same library: the logits must be bit-identical.
     assert max_abs_diff(actual, reference) == 0.0
 
 
 def test_float16_artifact_is_close_to_transformers_float32(odd_case: Built, artifacts):
-    tokens = _tokens(odd_case.vocab_size, PROMPT_LENGTH + DECODE_STEPS, seed=5)
-    reference = hf_logits(odd_case.hf_model, tokens)[PROMPT_LENGTH - 1 :]
+    sequence = tokens(5, PROMPT_LENGTH + DECODE_STEPS, odd_case.vocab_size)
+    reference = hf_logits(odd_case.hf_model, sequence)[PROMPT_LENGTH - 1 :]
     artifact = artifacts.build(odd_case.case.spec, odd_case.model_dir, dtype="float16")
-    actual = _prefill_then_decode(Model(artifact), tokens, PROMPT_LENGTH)
+    actual = prefill_then_decode(Model(artifact), sequence, PROMPT_LENGTH)
     tolerance = FLOAT16_ROUNDOFF_UNITS * FLOAT16_UNIT_ROUNDOFF * float(np.abs(reference).max())
     diff = max_abs_diff(actual, reference)
     print(f"\nfloat16: max |dlogit| {diff:.2e} vs float32 transformers (tolerance {tolerance:.2e})")
