@@ -15,6 +15,11 @@ BUILD ?= build
 MODEL_DIR ?=
 PROMPT ?= def fibonacci(n):
 MAX_NEW_TOKENS ?= 64
+# The demo model is small: greedy decoding falls into loops, light sampling reads more like code.
+# TEMPERATURE=0 gives greedy output.
+TEMPERATURE ?= 0.7
+TOP_P ?= 0.95
+SEED ?= 0
 
 DEMO_MODEL := $(BUILD)/demo-model
 RUN_MODEL := $(if $(MODEL_DIR),$(MODEL_DIR),$(DEMO_MODEL))
@@ -55,7 +60,8 @@ $(DEMO_MODEL)/config.json: | $(STAMP)
 demo: $(STAMP) generate $(if $(MODEL_DIR),,$(DEMO_MODEL)/config.json)
 	$(CODEGEN) compile --spec $(SPEC) --config $(RUN_MODEL)/config.json --target $(TARGET) --dtype $(DTYPE) --output $(ARTIFACT)
 	$(CODEGEN) convert --spec $(SPEC) --model-dir $(RUN_MODEL) --dtype $(DTYPE) --output $(ARTIFACT)
-	$(CODEGEN) run --artifact $(ARTIFACT) --tokenizer $(RUN_MODEL) --prompt '$(PROMPT)' --max-new-tokens $(MAX_NEW_TOKENS)
+	$(CODEGEN) run --artifact $(ARTIFACT) --tokenizer $(RUN_MODEL) --prompt '$(PROMPT)' --max-new-tokens $(MAX_NEW_TOKENS) \
+		--temperature $(TEMPERATURE) --top-p $(TOP_P) --seed $(SEED)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

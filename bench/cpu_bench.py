@@ -35,6 +35,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count() or 1, help="threads for both sides"
     )
+    parser.add_argument("--layers", type=int, default=None, help="override the preset's layer count")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--decode-tokens", type=int, default=64)
     parser.add_argument(
@@ -102,24 +103,25 @@ class EagerSide:
 # ---------------------------------------------------------------------------- setup
 
 
-def _hf_config(model, preset: str):
+def _hf_config(model, preset: str, layers: int | None = None):
     from transformers import AutoConfig
 
+    from codegen.render import SPECS_DIR
+    from codegen.spec import load_spec
+
+    values = dict(model.package.PRESETS[preset])
+    if layers is not None:  # a preset's width and vocabulary with fewer blocks: "small size"
+        values[load_spec(SPECS_DIR / f"{model.name}.yaml").field("num_hidden_layers").hf] = layers
     # Token ids 0: the library defaults (GPT-2's 50256) fall outside smaller vocabularies.
-    return AutoConfig.for_model(
-        model.package.model.HF_MODEL_TYPE,
-        bos_token_id=0,
-        eos_token_id=0,
-        **model.package.PRESETS[preset],
-    )
+    return AutoConfig.for_model(model.package.model.HF_MODEL_TYPE, bos_token_id=0, eos_token_id=0, **values)
 
 
-def _save_random_checkpoint(model, preset: str, model_dir: Path) -> None:
+def _save_random_checkpoint(model, preset: str, layers: int | None, model_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    hf_model = AutoModelForCausalLM.from_config(_hf_config(model, preset), dtype=torch.float32)
+    hf_model = AutoModelForCausalLM.from_config(_hf_config(model, preset, layers), dtype=torch.float32)
     hf_model.save_pretrained(model_dir)
 
 
@@ -209,6 +211,7 @@ def _memory_mb(
         args.spec,
         "--preset",
         args.preset,
+        *(["--layers", str(args.layers)] if args.layers else []),
     ]
     output = subprocess.run(
         command, check=True, capture_output=True, text=True, env=os.environ
@@ -220,7 +223,7 @@ def _memory_probe(args: argparse.Namespace) -> None:
     """Run one side once (prefill + decode) and print its peak and final resident set in MB."""
     from codegen.models import load_model
 
-    vocab_size = _hf_config(load_model(args.spec), args.preset).vocab_size
+    vocab_size = _hf_config(load_model(args.spec), args.preset, args.layers).vocab_size
     prompt = _tokens(vocab_size, args.prompt_tokens, seed=1)
     decode = _tokens(vocab_size, args.decode_tokens, seed=2)
     if args.memory_probe == "compiled":
@@ -246,8 +249,9 @@ def _status_mb(field: str) -> float:
 
 def _report(results: dict) -> str:
     c, e = results["compiled"], results["eager"]
+    layers = f" with {results['layers']} layers" if results["layers"] else ""
     lines = [
-        f"model: {results['spec']} preset {results['preset']}, float32, {results['threads']} threads,"
+        f"model: {results['spec']} preset {results['preset']}{layers}, float32, {results['threads']} threads,"
         f" prompt {results['prompt_tokens']} tokens, decode {results['decode_tokens']} tokens, {results['repeats']} repeats",
         f"compile (llvm): {results['compile_seconds']:.1f} s",
         f"{'':10} {'prefill ms':>11} {'decode ms/token':>16} {'peak RSS MB':>12} {'final RSS MB':>13}",
@@ -279,7 +283,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     torch.set_num_threads(args.threads)
     model = load_model(args.spec)
     model_dir, artifact = workdir / "hf", workdir / "artifact"
-    _save_random_checkpoint(model, args.preset, model_dir)
+    _save_random_checkpoint(model, args.preset, args.layers, model_dir)
     compile_seconds = _build_artifact(model, model_dir, artifact, args.threads)
     config = model.package.Config.from_file(model_dir / "config.json")
 
@@ -296,6 +300,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     results = {
         "spec": model.name,
         "preset": args.preset,
+        "layers": args.layers,
         "threads": args.threads,
         "repeats": args.repeats,
         "prompt_tokens": args.prompt_tokens,
