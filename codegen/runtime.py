@@ -67,7 +67,7 @@ class Model:
             library = tvm.runtime.load_module(str(artifact / LIBRARY_NAME))
             self.vm = relax.VirtualMachine(library, self.device)
             embedded = json.loads(self.vm["_metadata"]())
-        except Exception as exc:  # TVM raises its own error types for a file that is not a model library
+        except (RuntimeError, ValueError, OSError, KeyError, AttributeError) as exc:  # what TVM raises for a non-model file
             raise ArtifactError(f"{artifact / LIBRARY_NAME} cannot be loaded as a model library ({type(exc).__name__}: {exc})") from None
         # The library's own metadata is the truth: vocab size and window guard the compiled gathers,
         # so metadata.json must agree with it on every field, not only on the parameters.
