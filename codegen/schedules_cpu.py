@@ -18,6 +18,11 @@ from tvm.target.codegen import llvm_cpu_has_features
 # single-row GEMV hide memory latency; with many rows, 8 keeps the weight tile in L1 between rows.
 WEIGHT_TILE = 8
 SINGLE_ROW_WEIGHT_TILE = 16
+# Many rows (prefill): GEMM_MR rows x GEMM_VECTORS vectors of outputs as register accumulators;
+# weights packed k-major in blocks of PACK_BLOCK along k.
+GEMM_MR = 4
+GEMM_VECTORS = 1
+PACK_BLOCK = 16
 # A reduction axis that splits into fewer lanes than this is left to the unscheduled kernel.
 MIN_LANES = 4
 
@@ -132,6 +137,10 @@ def _schedule_matmul(sch: s_tir.Schedule, matmul, epilogue, cpu: CPUShape) -> s_
     if lanes < MIN_LANES:
         return None
     m = _fused_rows(sch, matmul, rows)
+    if _many_rows(sch.get(m).extent):
+        gemm = _schedule_gemm(sch, matmul, epilogue, cpu, m, n, k, lanes, n_extent)
+        if gemm is not None:
+            return gemm
     wanted_tile = SINGLE_ROW_WEIGHT_TILE if _extent(sch, m) == 1 else WEIGHT_TILE
     weight_tile = _largest_power_of_two_dividing(n_extent, wanted_tile)
 
@@ -156,6 +165,72 @@ def _schedule_matmul(sch: s_tir.Schedule, matmul, epilogue, cpu: CPUShape) -> s_
         sch.parallel(n_outer)
     sch.decompose_reduction(partial, k_outer)
     return sch
+
+
+def _schedule_gemm(sch, matmul, epilogue, cpu, m, n, k, lanes, n_extent):
+    """Many rows (a dynamic count): a register tile of MR rows x NV outputs, vectorised along n.
+
+    For each tile of NV weight rows (the parallel loop), the weights are packed k-major, so the
+    micro-kernel loads NV contiguous weights per k and broadcasts one activation per row: MR x NV/lanes
+    vector accumulators stay in registers over all of K and need no horizontal sums. Rows are split
+    by MR; TVM's loop partitioning runs the full tiles without bounds checks and the last partial one
+    with them.
+    """
+    nv = _largest_power_of_two_dividing(n_extent, GEMM_VECTORS * cpu.lanes)
+    if nv < cpu.lanes:
+        return None
+    mr = GEMM_MR
+    weight_index = _weight_read_index(sch, matmul)
+    n_outer, n_inner = sch.split(n, [None, nv])
+    m_outer, m_inner = sch.split(m, [None, mr])
+    sch.reorder(n_outer, m_outer, k, m_inner, n_inner)
+    packed = sch.cache_read(matmul, weight_index, "global")
+    sch.compute_at(packed, n_outer, preserve_unit_loops=True)
+    sch.transform_layout(packed, ("write", 0), lambda i, j: (j, i % nv), assume_injective_transform=True)
+    if epilogue is None:
+        epilogue = sch.cache_write(matmul, 0, "local")
+        sch.reverse_compute_at(epilogue, m_outer, preserve_unit_loops=True)
+    else:
+        sch.reverse_compute_at(epilogue, m_outer, preserve_unit_loops=True)
+        sch.set_scope(matmul, 0, "local")
+    sch.vectorize(sch.get_loops(epilogue)[-1])
+    # Each tile's accumulators live only inside its iteration: map them onto one MR x NV tile (the
+    # predicate on the last tile would otherwise stop TVM from shrinking the buffer).
+    sch.transform_layout(matmul, ("write", 0), lambda *i: (i[-2] % mr, i[-1] % nv), assume_injective_transform=True)
+    sch.vectorize(n_inner)
+    sch.unroll(m_inner)
+    # Pack in blocks of PACK_BLOCK along k: each weight row's cache line is read whole at once.
+    pack_n, pack_k = sch.get_loops(packed)[-2:]
+    pack_k_outer, pack_k_inner = sch.split(pack_k, [None, _largest_power_of_two_dividing(_extent(sch, pack_k), PACK_BLOCK)])
+    sch.reorder(pack_k_outer, pack_n, pack_k_inner)
+    sch.annotate(m_outer, "pragma_loop_partition_hint", 1)
+    if cpu.threads > 1:
+        sch.parallel(n_outer)
+    sch.decompose_reduction(matmul, k)
+    return sch
+
+
+def _many_rows(extent) -> bool:
+    """True when the row count is a sequence length (prefill), which is worth the GEMM kernel.
+
+    Its weight packing costs about one extra pass over the weights, which a batch of a few decoded
+    tokens (a row count named batch_size) does not earn back: those keep the per-row kernel. The
+    names are the symbolic dims of the export spec in templates/model.py.j2 ("seq_len", "batch_size").
+    """
+    if _static(extent) is not None:
+        return _static(extent) >= 2 * GEMM_MR
+    names = [v.name for v in tirx.analysis.undefined_vars(extent)]
+    return any("seq" in name for name in names)
+
+
+def _weight_read_index(sch: s_tir.Schedule, block) -> int:
+    stmt = sch.get(block)
+    n_var, k_var = stmt.iter_vars[-2].var, stmt.iter_vars[-1].var
+    for index, region in enumerate(stmt.reads):
+        starts = [r.min for r in region.region]
+        if len(starts) == 2 and starts[0].same_as(n_var) and starts[1].same_as(k_var):
+            return index
+    raise s_tir.ScheduleError("no weight operand")
 
 
 def _largest_power_of_two_dividing(extent: int, limit: int) -> int:

@@ -98,3 +98,35 @@ def test_scheduled_model_matches_transformers(artifacts, tmp_path):
     together = model.batch_decode({first: extra, second: continuation[0]})
     assert max_abs_diff(together[first], expected[-1]) <= FLOAT32_TOLERANCE
     assert max_abs_diff(together[second], expected[len(prompt)]) <= FLOAT32_TOLERANCE
+
+
+@pytest.mark.parametrize("epilogue", [False, True])
+def test_prefill_gemm_matches_numpy_for_every_row_remainder(epilogue):
+    """The sequence-length matmul runs MR-row tiles plus a bounds-checked remainder: check each remainder."""
+    import numpy as np
+    from tvm import relax
+    from tvm.relax.frontend import nn
+
+    from codegen.schedules_cpu import GEMM_MR
+
+    class Linear(nn.Module):
+        def __init__(self):
+            self.proj = nn.Linear(64, 96, bias=epilogue)
+
+        def forward(self, x):
+            return self.proj(x)
+
+    mod, _ = Linear().export_tvm({"forward": {"x": nn.spec.Tensor([1, "seq_len", 64], "float32")}})
+    target = BuildOptions(target="llvm", num_threads=2).tvm_target()
+    with target:
+        lowered = schedules.pipeline(target)(mod)
+    gemm = [f for name, f in _prim_funcs(lowered).items() if "matmul" in name]
+    assert gemm and "pragma_loop_partition_hint" in gemm[0].script()
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target, relax_pipeline=schedules.pipeline(target)), tvm.cpu())
+    rng = np.random.default_rng(0)
+    params = [rng.standard_normal((96, 64), dtype=np.float32)] + ([rng.standard_normal(96, dtype=np.float32)] if epilogue else [])
+    for rows in range(1, 3 * GEMM_MR + 2):
+        x = rng.standard_normal((1, rows, 64), dtype=np.float32)
+        out = vm["forward"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(p) for p in params]).numpy()
+        expected = x @ params[0].T + (params[1] if epilogue else 0)
+        assert np.abs(out - expected).max() <= 1e-4, rows
