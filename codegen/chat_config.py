@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from codegen.compile import QUANTIZATIONS, engine_limits
+from codegen.jsonfile import read_json_object
 
 CHAT_CONFIG_NAME = "mlc-chat-config.json"
 CHAT_CONFIG_VERSION = "0.1.0"
@@ -42,9 +43,9 @@ class ChatConfigError(ValueError):
 def write(model_dir: Path, output: Path, config: Any, dtype: str) -> dict[str, Any]:
     """Copy the tokenizer files of model_dir into output and write its mlc-chat-config.json there."""
     model_dir, output = Path(model_dir), Path(output)
-    hf_config = _read_json(model_dir / "config.json")
+    hf_config = read_json_object(model_dir / "config.json", ChatConfigError)
     generation = (
-        _read_json(model_dir / "generation_config.json")
+        read_json_object(model_dir / "generation_config.json", ChatConfigError)
         if (model_dir / "generation_config.json").is_file()
         else {}
     )
@@ -105,16 +106,6 @@ def lm_template(eos: int | list[int] | None) -> dict[str, Any]:
         "function_string": "",
         "use_function_calling": False,
     }
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ChatConfigError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ChatConfigError(f"{path} must hold a JSON object")
-    return value
 
 
 def _copy_if_present(model_dir: Path, name: str, output: Path) -> bool:

@@ -7,11 +7,12 @@ itself is a compiled, converted artifact run by codegen.runtime.Model.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterable
+
+from codegen.jsonfile import read_json_object
 
 TOKENIZER_FILE = "tokenizer.json"
 # Where a model folder may name its end-of-sequence token, most specific first.
@@ -52,7 +53,7 @@ def stop_token_ids(*folders: Path) -> frozenset[int]:
             path = Path(folder) / name
             if not path.is_file():
                 continue
-            eos = _read_json(path).get("eos_token_id")
+            eos = read_json_object(path).get("eos_token_id")
             if eos is None:
                 continue
             ids = eos if isinstance(eos, list) else [eos]
@@ -62,16 +63,6 @@ def stop_token_ids(*folders: Path) -> frozenset[int]:
                 )
             return frozenset(ids)
     return frozenset()
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} must hold a JSON object")
-    return value
 
 
 class IncrementalDecoder:

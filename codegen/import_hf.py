@@ -9,7 +9,6 @@ replaces the file, atomically.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -21,6 +20,7 @@ from typing import Any, Iterable
 import yaml
 from ruamel.yaml import YAML
 
+from codegen.jsonfile import read_json_object
 from codegen.spec import Spec, SpecError, load_spec
 
 _PRESET_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -169,12 +169,7 @@ def import_preset(config_json: str | Path, spec_path: str | Path, preset: str, f
     config_json, spec_path = Path(config_json), Path(spec_path)
     if not _PRESET_NAME.match(preset):
         raise PresetImportError(f"preset name {preset!r} must match {_PRESET_NAME.pattern}")
-    try:
-        hf_config = json.loads(config_json.read_text())
-    except json.JSONDecodeError as exc:
-        raise PresetImportError(f"{config_json} is not valid JSON: {exc}") from None
-    if not isinstance(hf_config, dict):
-        raise PresetImportError(f"{config_json} does not hold a JSON object")
+    hf_config = read_json_object(config_json, PresetImportError)
     spec = load_spec(spec_path)
     if preset in spec.presets and not force:
         raise PresetImportError(f"{spec_path} already has a preset {preset!r}; pass --force to replace it")

@@ -13,6 +13,7 @@ import numpy as np
 
 from codegen import chat_config, tensor_cache
 from codegen.checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from codegen.jsonfile import read_json_object
 from codegen.models import GeneratedModel
 
 __all__ = ["CheckpointError", "convert", "apply_transforms"]
@@ -102,13 +103,7 @@ def _read_config(model: GeneratedModel, model_dir: Path) -> Any:
     path = model_dir / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{model_dir} has no config.json (the Hugging Face model config)")
-    try:
-        hf_config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(hf_config, dict):
-        raise CheckpointError(f"{path} is not a JSON object")
-    return model.package.Config.from_dict(hf_config)
+    return model.package.Config.from_dict(read_json_object(path, CheckpointError))
 
 
 def convert(

@@ -296,7 +296,7 @@ def test_missing_config_json(model, model_dir, out):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("text, expected", [("{not json", "is not valid JSON"), ("[1, 2]", "is not a JSON object"), ("\xff", "is not valid JSON")])
+@pytest.mark.parametrize("text, expected", [("{not json", "is not valid JSON"), ("[1, 2]", "must hold a JSON object"), ("\xff", "is not valid JSON")])
 def test_config_json_that_is_not_a_config(model, model_dir, out, text, expected):
     (model_dir / "config.json").write_bytes(text.encode("latin-1"))
     message = convert_error(model, model_dir, out)
