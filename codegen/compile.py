@@ -16,6 +16,7 @@ import tvm
 from tvm import relax
 from tvm.target import Target
 
+from codegen import schedules
 from codegen.models import GeneratedModel
 
 TARGETS = ("llvm", "cuda")
@@ -135,7 +136,7 @@ def build(model: GeneratedModel, config: Any, options: BuildOptions) -> tuple[re
     ir_module = _attach_metadata(ir_module, fields)
     target = options.tvm_target()
     with target, tvm.transform.PassContext(opt_level=3, config=pass_config(options)):
-        executable = tvm.compile(ir_module, target=target, relax_pipeline=_pipeline(options))
+        executable = tvm.compile(ir_module, target=target, relax_pipeline=schedules.pipeline(target))
     missing = sorted(set(MODEL_FUNCTIONS + ("_metadata",)) - set(vm_functions(executable)))
     if missing:
         raise CompileError(f"the built library lacks the functions {', '.join(missing)}")
@@ -155,12 +156,6 @@ def pass_config(options: BuildOptions) -> dict[str, Any]:
         # keep CSE; tests/test_cuda.py fails once TVM no longer needs this.
         return {"tirx.disable_cse_tir": True}
     return {}
-
-
-def _pipeline(options: BuildOptions):
-    from codegen import schedules
-
-    return schedules.pipeline(options.tvm_target())
 
 
 def compile_to_dir(model: GeneratedModel, config: Any, options: BuildOptions, output: Path) -> dict[str, Any]:

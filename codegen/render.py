@@ -163,15 +163,23 @@ def spec_paths(specs_dir: Path = SPECS_DIR) -> list[Path]:
     return sorted(specs_dir.glob("*.yaml"))
 
 
-def render_tree(paths: Iterable[Path]) -> dict[str, str]:
-    """Relative path -> content of the whole generated/ tree for these specs."""
-    tree = {"__init__.py": ROOT_INIT}
+def load_specs(paths: Iterable[Path]) -> list[Spec]:
+    """Load every spec; two specs may not claim the same package name."""
+    specs: list[Spec] = []
     owners: dict[str, Path] = {}
     for path in paths:
         spec = load_spec(path)
         if spec.name in owners:
             raise spec.error(("name",), f"{spec.name!r} is already the name of {owners[spec.name].name}")
         owners[spec.name] = path
+        specs.append(spec)
+    return specs
+
+
+def render_tree(specs: Iterable[Spec]) -> dict[str, str]:
+    """Relative path -> content of the whole generated/ tree for these specs."""
+    tree = {"__init__.py": ROOT_INIT}
+    for spec in specs:
         for file_name, source in render_package(spec).items():
             tree[f"{spec.name}/{file_name}"] = source
     return tree
@@ -234,15 +242,14 @@ def generate(
 
     Returns the relative paths written. ``before_swap`` lets tests inject a failure at the last step.
     """
-    paths = list(spec_paths() if paths is None else paths)
-    tree = render_tree(paths)
+    specs = load_specs(spec_paths() if paths is None else paths)
+    tree = render_tree(specs)
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.new-", dir=output_dir.parent))
     try:
         _write_tree(tree, staging)
-        for path in paths:
-            spec = load_spec(path)
+        for spec in specs:
             check_presets(spec, staging / spec.name)
         if before_swap is not None:
             before_swap(staging)
@@ -269,7 +276,7 @@ def _swap_into_place(staging: Path, output_dir: Path) -> None:
 
 def stale_files(output_dir: Path = GENERATED_DIR, paths: Iterable[Path] | None = None) -> list[str]:
     """Relative paths in output_dir that differ from a fresh render (missing, changed or orphaned)."""
-    tree = render_tree(spec_paths() if paths is None else paths)
+    tree = render_tree(load_specs(spec_paths() if paths is None else paths))
     output_dir = Path(output_dir)
     present = {
         p.relative_to(output_dir).as_posix()
