@@ -14,6 +14,7 @@ from tvm.relax.backend.cuda import pipeline as cuda_backend
 from tvm.s_tir import dlight
 from tvm.target import Target
 
+from codegen import fast_math
 from codegen.schedules_cpu import WeightMatmul
 
 
@@ -28,7 +29,7 @@ def pipeline(target: Target) -> tvm.transform.Pass:
                 backend.library_dispatch_passes(target)
                 # Before legalisation: matmul(x, permute_dims(W)) would copy W transposed on every call.
                 + [relax.transform.FuseTransposeMatmul()]
-                + _legalize_and_fuse()
+                + _legalize_and_fuse(target)
                 + schedule_passes(target)
                 + backend.dataflow_lower_passes(target)
                 + backend.finalize_passes(target)
@@ -38,9 +39,11 @@ def pipeline(target: Target) -> tvm.transform.Pass:
     return _pipeline
 
 
-def _legalize_and_fuse() -> list[tvm.transform.Pass]:
+def _legalize_and_fuse(target: Target) -> list[tvm.transform.Pass]:
+    # LLVM has no vector exp/tanh/erf: on CPU, activations legalise to vectorisable approximations.
+    legalize_map = fast_math.legalize_map() if target.kind.name == "llvm" else None
     return [
-        relax.transform.LegalizeOps(),
+        relax.transform.LegalizeOps(customize_legalize_map=legalize_map),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),

@@ -25,6 +25,11 @@ GEMM_VECTORS = 1
 PACK_BLOCK = 16
 # A reduction axis that splits into fewer lanes than this is left to the unscheduled kernel.
 MIN_LANES = 4
+# Scope of accumulator tiles. TVM makes a CPU buffer a stack alloca only when its scope is "global"
+# and it is under 1 KB; otherwise it comes from TVMBackendAllocWorkspace, a pointer LLVM must assume
+# aliases the operands, so every accumulator is stored back on every k step: half the GEMM speed
+# (GEMM_MR x GEMM_VECTORS vectors is 256 B). Memory-bound GEMV tiles are less sensitive.
+ACCUMULATOR_SCOPE = "global"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,13 +155,13 @@ def _schedule_matmul(sch: s_tir.Schedule, matmul, epilogue, cpu: CPUShape) -> s_
     # The lane axis last, so each accumulator is one contiguous vector (LLVM keeps it in a register).
     output_rank = len(sch.get(matmul).writes[0].source.shape)
     partial = sch.rfactor(k_inner, factor_axis=output_rank)
-    sch.set_scope(partial, 0, "local")
+    sch.set_scope(partial, 0, ACCUMULATOR_SCOPE)
     # rfactor moves the split loops to the write-back block; the partial sums get fresh ones.
     n_outer, m, k_outer, n_inner, k_inner = sch.get_loops(partial)
     sch.reverse_compute_at(matmul, m, preserve_unit_loops=True)
     if epilogue is not None:
         sch.reverse_compute_at(epilogue, m, preserve_unit_loops=True)
-        sch.set_scope(matmul, 0, "local")
+        sch.set_scope(matmul, 0, ACCUMULATOR_SCOPE)
 
     # Loop kinds first: vectorize and parallel need the block before decompose_reduction splits it.
     sch.vectorize(k_inner)
@@ -188,11 +193,11 @@ def _schedule_gemm(sch, matmul, epilogue, cpu, m, n, k, lanes, n_extent):
     sch.compute_at(packed, n_outer, preserve_unit_loops=True)
     sch.transform_layout(packed, ("write", 0), lambda i, j: (j, i % nv), assume_injective_transform=True)
     if epilogue is None:
-        epilogue = sch.cache_write(matmul, 0, "local")
+        epilogue = sch.cache_write(matmul, 0, ACCUMULATOR_SCOPE)
         sch.reverse_compute_at(epilogue, m_outer, preserve_unit_loops=True)
     else:
         sch.reverse_compute_at(epilogue, m_outer, preserve_unit_loops=True)
-        sch.set_scope(matmul, 0, "local")
+        sch.set_scope(matmul, 0, ACCUMULATOR_SCOPE)
     sch.vectorize(sch.get_loops(epilogue)[-1])
     # Each tile's accumulators live only inside its iteration: map them onto one MR x NV tile (the
     # predicate on the last tile would otherwise stop TVM from shrinking the buffer).

@@ -100,14 +100,9 @@ def test_scheduled_model_matches_transformers(artifacts, tmp_path):
     assert max_abs_diff(together[second], expected[len(prompt)]) <= FLOAT32_TOLERANCE
 
 
-@pytest.mark.parametrize("epilogue", [False, True])
-def test_prefill_gemm_matches_numpy_for_every_row_remainder(epilogue):
-    """The sequence-length matmul runs MR-row tiles plus a bounds-checked remainder: check each remainder."""
-    import numpy as np
-    from tvm import relax
+def _prefill_linear(epilogue: bool) -> tuple[tvm.IRModule, Target]:
+    """One nn.Linear over a sequence-length dimension: the prefill GEMM kernel, with or without bias."""
     from tvm.relax.frontend import nn
-
-    from codegen.schedules_cpu import GEMM_MR
 
     class Linear(nn.Module):
         def __init__(self):
@@ -117,7 +112,32 @@ def test_prefill_gemm_matches_numpy_for_every_row_remainder(epilogue):
             return self.proj(x)
 
     mod, _ = Linear().export_tvm({"forward": {"x": nn.spec.Tensor([1, "seq_len", 64], "float32")}})
-    target = BuildOptions(target="llvm", num_threads=2).tvm_target()
+    return mod, BuildOptions(target="llvm", num_threads=2).tvm_target()
+
+
+@pytest.mark.parametrize("epilogue", [False, True])
+def test_prefill_gemm_accumulators_are_stack_allocated(epilogue):
+    """Heap (workspace) accumulators may alias the operands, so LLVM would store them on every k step."""
+    import re
+
+    mod, target = _prefill_linear(epilogue)
+    executable = tvm.compile(mod, target=target, relax_pipeline=schedules.pipeline(target))
+    ir = "\n".join(module.inspect_source("ll") for module in executable.mod.imports)
+    # TVMBackendAllocWorkspace(device_type, device_id, nbytes, ...): only the packed weight panel.
+    workspace_bytes = [int(size) for size in re.findall(r"\(i32 1, i32 %dev_id, i64 (\d+),", ir)]
+    assert workspace_bytes, "expected the packed weight panel in a workspace"
+    assert min(workspace_bytes) > 1024, workspace_bytes
+
+
+@pytest.mark.parametrize("epilogue", [False, True])
+def test_prefill_gemm_matches_numpy_for_every_row_remainder(epilogue):
+    """The sequence-length matmul runs MR-row tiles plus a bounds-checked remainder: check each remainder."""
+    import numpy as np
+    from tvm import relax
+
+    from codegen.schedules_cpu import GEMM_MR
+
+    mod, target = _prefill_linear(epilogue)
     with target:
         lowered = schedules.pipeline(target)(mod)
     gemm = [f for name, f in _prim_funcs(lowered).items() if "matmul" in name]
