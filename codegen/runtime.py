@@ -174,7 +174,9 @@ class Model:
         embeds = self._embed(np.asarray([tokens[s] for s in seq_ids], dtype="int32"))
         embeds = embeds._create_view((len(seq_ids), 1, embeds.shape[-1]))
         self._kv["begin_forward"](self.kv_cache, _shape(*seq_ids), _shape(*([1] * len(seq_ids))))
-        out, self.kv_cache = self.vm["batch_decode"](embeds, self.kv_cache, self.params)
+        # One sequence runs `decode`, whose kernels are specialised for a single row (static shapes).
+        function = "decode" if len(seq_ids) == 1 else "batch_decode"
+        out, self.kv_cache = self.vm[function](embeds, self.kv_cache, self.params)
         self._kv["end_forward"](self.kv_cache)
         rows = out.numpy()[:, 0, :]
         for seq_id in seq_ids:

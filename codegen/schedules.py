@@ -15,7 +15,7 @@ from tvm.s_tir import dlight
 from tvm.target import Target
 
 from codegen import fast_math
-from codegen.schedules_cpu import WeightMatmul
+from codegen.schedules_cpu import SingleRowReduction, WeightMatmul
 
 
 def pipeline(target: Target) -> tvm.transform.Pass:
@@ -59,7 +59,7 @@ def schedule_passes(target: Target) -> list[tvm.transform.Pass]:
 
 def cpu_rules() -> list[dlight.ScheduleRule]:
     """Rules tried in order on each kernel; the first that matches schedules it."""
-    return [WeightMatmul(), dlight.cpu.Reduction()]
+    return [WeightMatmul(), SingleRowReduction(), dlight.cpu.Reduction()]
 
 
 def gpu_rules() -> list[dlight.ScheduleRule]:

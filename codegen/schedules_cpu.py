@@ -250,3 +250,33 @@ def _fused_rows(sch: s_tir.Schedule, block, rows: list):
     if not rows:
         return sch.add_unit_loop(block)
     return sch.fuse(*rows) if len(rows) > 1 else rows[0]
+
+
+class SingleRowReduction(ScheduleRule):
+    """A norm over one row (decode's static [1, 1, hidden] norms): one thread, vectorised output.
+
+    dlight.cpu.Reduction parallelises the spatial loop; with a single row that is the row's output
+    elements, and every one of them recomputes the row's statistics into one shared buffer (a race,
+    and hidden-size times the work: 0.5 ms instead of a few microseconds).
+    """
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+        reductions = [b for b in blocks if not _is_spatial(sch, b)]
+        if not reductions or not all(_single_row(sch, b) for b in reductions) or not _is_spatial(sch, blocks[-1]):
+            return None
+        output_loop = sch.get_loops(blocks[-1])[-1]
+        extent = _extent(sch, output_loop)
+        lanes = _largest_power_of_two_dividing(extent, CPUShape.of(target).lanes) if extent else 1
+        if lanes > 1:
+            sch.vectorize(sch.split(output_loop, [None, lanes])[-1])
+        return sch
+
+
+def _single_row(sch: s_tir.Schedule, block) -> bool:
+    """True if every spatial axis of the block has extent 1."""
+    spatial = [iv.dom.extent for iv in sch.get(block).iter_vars if int(iv.iter_type) == tirx.IterVar.DataPar]
+    return all(_static(extent) == 1 for extent in spatial)

@@ -58,6 +58,19 @@ def test_layer_norm_is_scheduled(lowered_tiny):
         assert func.attrs.get("tirx.is_scheduled"), name
 
 
+def test_single_row_norms_run_on_one_thread(lowered_tiny):
+    """decode's [1, 1, hidden] norms: parallelising them would split the row's outputs, each thread
+    recomputing (and racing on) the shared mean and variance."""
+    single_row = []
+    norms = {name: f for name, f in _prim_funcs(lowered_tiny).items() if "layer_norm" in name}
+    for name, func in norms.items():
+        shape = list(func.params[0].shape)  # empty for a handle bound to a dynamic-shape buffer
+        if len(shape) > 1 and all(isinstance(d, tirx.IntImm) and int(d) == 1 for d in shape[:-1]):
+            single_row.append(name)
+            assert "T.parallel(" not in func.script() and "T.vectorized(" in func.script(), name
+    assert single_row
+
+
 def test_cpu_shape_comes_from_the_target():
     shape = CPUShape.of(Target({"kind": "llvm", "mcpu": "znver4", "num-cores": 3}))
     assert shape == CPUShape(threads=3, lanes=16)
