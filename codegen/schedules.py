@@ -15,6 +15,7 @@ from tvm.s_tir import dlight
 from tvm.target import Target
 
 from codegen import fast_math
+from codegen.attention_cpu import replace_kv_cache_kernels
 from codegen.schedules_cpu import SingleRowReduction, WeightMatmul
 
 
@@ -54,7 +55,8 @@ def _legalize_and_fuse(target: Target) -> list[tvm.transform.Pass]:
 def schedule_passes(target: Target) -> list[tvm.transform.Pass]:
     if target.kind.name == "cuda":
         return [_do_not_tensorize(), dlight.ApplyDefaultSchedule(*gpu_rules())]
-    return [dlight.ApplyDefaultSchedule(*cpu_rules())]
+    # The KV cache's attention kernels come scheduled (tirx.is_scheduled): dlight leaves them be.
+    return [replace_kv_cache_kernels(), dlight.ApplyDefaultSchedule(*cpu_rules())]
 
 
 def cpu_rules() -> list[dlight.ScheduleRule]:
