@@ -14,6 +14,9 @@ from codegen.schedules_cpu import CPUShape
 from tests.support import FLOAT32_TOLERANCE, hf_logits, max_abs_diff, random_hf_model, save_hf_model
 
 TINY = dict(vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_positions=64)
+# K of 128 and 256 split into whole 128-lane row dot products (decode's short-row kernel); a vocabulary
+# of 100 leaves a partial task of weight rows.
+WIDE = dict(vocab_size=100, n_embd=128, n_inner=256, n_layer=2, n_head=4, n_positions=64)
 
 
 def _loop_kinds(func: tirx.PrimFunc) -> set[str]:
@@ -93,7 +96,7 @@ def test_scheduled_model_matches_transformers(artifacts, tmp_path):
 
     from codegen.runtime import Model
 
-    hf_model = random_hf_model(GPTBigCodeConfig, GPTBigCodeForCausalLM, seed=3, **TINY)
+    hf_model = random_hf_model(GPTBigCodeConfig, GPTBigCodeForCausalLM, seed=3, **WIDE)
     artifact = artifacts.build("gpt_bigcode", save_hf_model(hf_model, tmp_path / "hf"))
     model = Model(artifact, max_batch_size=2, max_total_seq_len=128)
     prompt, continuation, extra = [5, 17, 2, 88, 41, 9, 60], [12, 77, 3, 50], 33
@@ -126,6 +129,37 @@ def _prefill_linear(epilogue: bool) -> tuple[tvm.IRModule, Target]:
 
     mod, _ = Linear().export_tvm({"forward": {"x": nn.spec.Tensor([1, "seq_len", 64], "float32")}})
     return mod, BuildOptions(target="llvm", num_threads=2).tvm_target()
+
+
+@pytest.mark.parametrize("out_features", [96, 100])
+def test_decode_row_dot_kernel_matches_numpy(out_features):
+    """One row against weight rows shorter than a page: one dot product per weight row."""
+    import numpy as np
+    from tvm import relax
+    from tvm.relax.frontend import nn
+
+    from codegen.schedules_cpu import ROW_DOT_VECTORS
+
+    class Linear(nn.Module):
+        def __init__(self):
+            self.proj = nn.Linear(256, out_features)
+
+        def forward(self, x):
+            return self.proj(x)
+
+    mod, _ = Linear().export_tvm({"forward": {"x": nn.spec.Tensor([1, 1, 256], "float32")}})
+    target = BuildOptions(target="llvm", num_threads=2).tvm_target()
+    with target:
+        lowered = schedules.pipeline(target)(mod)
+    [matmul] = [f for name, f in _prim_funcs(lowered).items() if "matmul" in name]
+    width = ROW_DOT_VECTORS * CPUShape.of(target).lanes
+    assert f"T.vectorized(T.int64({width}))" in matmul.script()
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target, relax_pipeline=schedules.pipeline(target)), tvm.cpu())
+    rng = np.random.default_rng(0)
+    weight, bias = rng.standard_normal((out_features, 256), dtype=np.float32), rng.standard_normal(out_features, dtype=np.float32)
+    x = rng.standard_normal((1, 1, 256), dtype=np.float32)
+    out = vm["forward"](tvm.runtime.tensor(x), tvm.runtime.tensor(weight), tvm.runtime.tensor(bias)).numpy()
+    assert np.abs(out - (x @ weight.T + bias)).max() <= 1e-4
 
 
 @pytest.mark.parametrize("epilogue", [False, True])
