@@ -2,7 +2,9 @@
 
 Both targets run TVM's own backend passes around the same core: keep nn.Linear as one
 transposed-weight matmul, legalise and fuse, then schedule every fused kernel with dlight-style rules
-(ours for CPU matmuls, dlight's for the rest and for CUDA).
+(ours for CPU matmuls and single-row norms, dlight's for the rest and for CUDA). CPU builds also
+legalise activations to vectorisable approximations (codegen/fast_math.py) and swap the KV cache's
+scalar attention kernels for threaded, vectorised ones (codegen/attention_cpu.py).
 """
 
 from __future__ import annotations

@@ -105,11 +105,10 @@ class WeightMatmul(ScheduleRule):
     """
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+        kernel = _llvm_kernel(func, target)
+        if kernel is None:
             return None
-        sch = s_tir.Schedule(func)
-        blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
-        reductions = [b for b in blocks if not _is_spatial(sch, b)]
+        sch, blocks, reductions = kernel
         if len(reductions) != 1 or not _weight_operand(sch, reductions[0]):
             return None
         matmul = reductions[0]
@@ -121,6 +120,15 @@ class WeightMatmul(ScheduleRule):
         except s_tir.ScheduleError:
             # A matmul shape this schedule cannot transform keeps TVM's default lowering.
             return None
+
+
+def _llvm_kernel(func, target: Target):
+    """(schedule, the root's blocks, those that reduce) for a PrimFunc built for llvm; else None."""
+    if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+        return None
+    sch = s_tir.Schedule(func)
+    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+    return sch, blocks, [b for b in blocks if not _is_spatial(sch, b)]
 
 
 def _inline_around(sch: s_tir.Schedule, blocks: list, matmul) -> bool:
@@ -290,11 +298,10 @@ class SingleRowReduction(ScheduleRule):
     """
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+        kernel = _llvm_kernel(func, target)
+        if kernel is None:
             return None
-        sch = s_tir.Schedule(func)
-        blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
-        reductions = [b for b in blocks if not _is_spatial(sch, b)]
+        sch, blocks, reductions = kernel
         if not reductions or not all(_single_row(sch, b) for b in reductions) or not _is_spatial(sch, blocks[-1]):
             return None
         output_loop = sch.get_loops(blocks[-1])[-1]
