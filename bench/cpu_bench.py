@@ -21,6 +21,9 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Pause before each timed block: after a parallel region torch's OpenMP threads and TVM's pool spin
+# for a while, and whatever runs next on the two cores would be timed against them.
+SETTLE_SECONDS = 0.5
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -166,11 +169,14 @@ def _measure(
     times["bandwidth"] = {"bytes_per_second": []}
     for round_ in range(repeats + 1):
         for side in sides:
+            time.sleep(SETTLE_SECONDS)
             prefill = _timed(lambda: side.prefill(prompt))
+            time.sleep(SETTLE_SECONDS)
             step = _timed(lambda: side.decode(decode)) / len(decode)
             if round_:
                 times[side.name]["prefill"].append(prefill)
                 times[side.name]["decode"].append(step)
+        time.sleep(SETTLE_SECONDS)
         read = bandwidth()
         if round_:
             times["bandwidth"]["bytes_per_second"].append(read)
