@@ -162,7 +162,7 @@ def _measure(
     """Seconds per prefill and per decoded token, and the read bandwidth, measured in every round;
     the first round is a warm-up and is dropped.
 
-    The machine's memory bandwidth moves between rounds (35-58 GB/s on the shared 2-core machine),
+    The machine's memory bandwidth moves between rounds (35-64 GB/s on the shared 2-core machine),
     so each round's decode is set against the bandwidth measured in that same round.
     """
     times = {side.name: {"prefill": [], "decode": []} for side in sides}
