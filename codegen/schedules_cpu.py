@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
@@ -24,10 +23,10 @@ SINGLE_ROW_WEIGHT_TILE = 16
 GEMM_MR = 4
 GEMM_VECTORS = 1
 PACK_BLOCK = 16
-# Decode with weight rows of at most a page: each weight row a dot product with ROW_DOT_VECTORS
-# vector accumulators.
-PAGE_BYTES = 4096
-ROW_DOT_VECTORS = 8
+# Decode (one activation row): each weight row a dot product with ROW_DOT_VECTORS vector
+# accumulators. Measured on 768-wide rows when torch.sum read 55-60 GB/s: 8 read 38-41 GB/s, 4 or 2
+# read 50-53 (TinyStarCoder decode 16.2 -> 13.3 ms per token; 22.7 -> 19.9 when memory gave ~34).
+ROW_DOT_VECTORS = 4
 # Weight rows per parallel task of the per-row kernels: 64 rather than 16 took TinyStarCoder decode
 # from 17.2 to 15.3 ms per token (22.2 -> 21.5 when the machine's bandwidth is low).
 TASK_ROWS = 64
@@ -162,14 +161,11 @@ def _schedule_matmul(sch: s_tir.Schedule, matmul, epilogue, cpu: CPUShape) -> s_
         gemm = _schedule_gemm(sch, matmul, epilogue, cpu, m, n, k, lanes, n_extent)
         if gemm is not None:
             return gemm
-    weight_dtype = sch.get(matmul).reads[_weight_read_index(sch, matmul)].source.dtype
-    row_bytes = k_extent * tvm.DataType(weight_dtype).bits // 8
     width = ROW_DOT_VECTORS * lanes
-    if _extent(sch, m) == 1 and row_bytes <= PAGE_BYTES and k_extent % width == 0:
-        # One row, weight rows of at most a page: each thread reads its weight rows one after
-        # another (one memory stream), each a dot product with ROW_DOT_VECTORS accumulators. Rows
-        # read side by side are streams too short for the hardware prefetchers to follow
-        # (TinyStarCoder decode: 19.0 -> 16.8 ms per token).
+    if _extent(sch, m) == 1 and k_extent % width == 0:
+        # One row: each thread reads its weight rows one after another (one memory stream), each a
+        # dot product. Tiles of rows read side by side, as below, streamed slower (TinyStarCoder
+        # decode: 19.0 -> 16.8 ms per token for rows of up to a page; 29 -> 31 GB/s for 12 KB rows).
         return _schedule_dots(sch, matmul, epilogue, cpu, m, n, k, width, tile_rows=None)
     wanted_tile = SINGLE_ROW_WEIGHT_TILE if _extent(sch, m) == 1 else WEIGHT_TILE
     weight_tile = _largest_power_of_two_dividing(n_extent, wanted_tile)
@@ -196,6 +192,7 @@ def _schedule_dots(sch, matmul, epilogue, cpu, m, n, k, width: int, tile_rows: i
     output_rank = len(sch.get(matmul).writes[0].source.shape)
     partial = sch.rfactor(k_inner, factor_axis=output_rank)
     sch.set_scope(partial, 0, ACCUMULATOR_SCOPE)
+    vector_sums = _sum_vectors_first(sch, matmul, cpu.lanes, output_rank) if width > cpu.lanes else None
     # rfactor moves the split loops to the write-back block; the partial sums get fresh ones.
     loops = sch.get_loops(partial)
     if side_by_side:
@@ -203,6 +200,11 @@ def _schedule_dots(sch, matmul, epilogue, cpu, m, n, k, width: int, tile_rows: i
         sch.reverse_compute_at(matmul, m, preserve_unit_loops=True)
     else:
         task, m, n_inner, k_outer, k_inner = loops
+        if vector_sums is not None:
+            sch.reverse_compute_at(vector_sums, n_inner)
+            lane, vectors = sch.get_loops(vector_sums)[-2:]
+            sch.reorder(vectors, lane)
+            sch.vectorize(lane)
         sch.reverse_compute_at(matmul, n_inner, preserve_unit_loops=True)
     if epilogue is not None:
         sch.reverse_compute_at(epilogue, m, preserve_unit_loops=True)
@@ -215,7 +217,22 @@ def _schedule_dots(sch, matmul, epilogue, cpu, m, n, k, width: int, tile_rows: i
     if cpu.threads > 1:
         sch.parallel(task)
     sch.decompose_reduction(partial, k_outer)
+    if vector_sums is not None:
+        sch.decompose_reduction(vector_sums, vectors)
     return sch
+
+
+def _sum_vectors_first(sch, write_back, lanes: int, output_rank: int):
+    """Add an output's `width` partial sums as vectors into one vector, leaving `lanes` scalar adds.
+
+    A serial chain of `width` scalar adds per output made the row-dot kernel compute-bound: in cache
+    it read 97 GB/s instead of 125, under what two cores can stream from memory.
+    """
+    loops = sch.get_loops(write_back)
+    vectors, lane = sch.split(loops[-1], [None, lanes])
+    partial = sch.rfactor(lane, factor_axis=output_rank)
+    sch.set_scope(partial, 0, ACCUMULATOR_SCOPE)
+    return partial
 
 
 def _schedule_gemm(sch, matmul, epilogue, cpu, m, n, k, lanes, n_extent):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import tvm
-from tvm import tirx
+from tvm import s_tir, tirx
 from tvm.target import Target
 
 from codegen import schedules
@@ -14,7 +14,7 @@ from codegen.schedules_cpu import CPUShape
 from tests.support import FLOAT32_TOLERANCE, hf_logits, max_abs_diff, random_hf_model, save_hf_model
 
 TINY = dict(vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_positions=64)
-# K of 128 and 256 split into whole 128-lane row dot products (decode's short-row kernel); a vocabulary
+# K of 128 and 256 split into whole row dot products (decode's kernel); a vocabulary
 # of 100 leaves a partial task of weight rows.
 WIDE = dict(vocab_size=100, n_embd=128, n_inner=256, n_layer=2, n_head=4, n_positions=64)
 
@@ -160,6 +160,42 @@ def test_decode_row_dot_kernel_matches_numpy(out_features):
     x = rng.standard_normal((1, 1, 256), dtype=np.float32)
     out = vm["forward"](tvm.runtime.tensor(x), tvm.runtime.tensor(weight), tvm.runtime.tensor(bias)).numpy()
     assert np.abs(out - (x @ weight.T + bias)).max() <= 1e-4
+    # A serial sum of all `width` partials per output made the kernel compute-bound below the
+    # machine's read bandwidth: they are added as vectors first, leaving `lanes` scalars.
+    assert _serial_partial_sums(matmul) == {ROW_DOT_VECTORS, CPUShape.of(target).lanes}
+
+
+def _serial_partial_sums(func: tirx.PrimFunc) -> set[int]:
+    """Trip counts of the serial loops over which a block adds up partial sums (a block that reads one
+    buffer besides the one it accumulates into)."""
+    counts = set()
+
+    def visit(stmt, loops):
+        if isinstance(stmt, tirx.For):
+            visit(stmt.body, loops + [stmt])
+        elif isinstance(stmt, tirx.SeqStmt):
+            for child in stmt.seq:
+                visit(child, loops)
+        elif isinstance(stmt, s_tir.SBlockRealize):
+            block = stmt.block
+            written = [region.source for region in block.writes]
+            read = [region.source for region in block.reads if not any(region.source.same_as(w) for w in written)]
+            if len(read) == 1:
+                reduce_values = [
+                    value for iv, value in zip(block.iter_vars, stmt.iter_values) if int(iv.iter_type) == tirx.IterVar.CommReduce
+                ]
+                reduce_vars = [var for value in reduce_values for var in tirx.analysis.undefined_vars(value)]
+                counts.update(
+                    int(loop.extent)
+                    for loop in loops
+                    if loop.kind == tirx.ForKind.SERIAL and any(loop.loop_var.same_as(var) for var in reduce_vars)
+                )
+            visit(block.body, loops)
+        elif hasattr(stmt, "body"):
+            visit(stmt.body, loops)
+
+    visit(func.body, [])
+    return counts
 
 
 @pytest.mark.parametrize("epilogue", [False, True])
