@@ -24,9 +24,9 @@ GEMM_MR = 4
 GEMM_VECTORS = 1
 PACK_BLOCK = 16
 # Decode (one activation row): each weight row a dot product with ROW_DOT_VECTORS vector
-# accumulators. Measured on 768-wide rows when torch.sum read 55-60 GB/s: 8 read 38-41 GB/s, 4 or 2
-# read 50-53 (TinyStarCoder decode 16.2 -> 13.3 ms per token; 22.7 -> 19.9 when memory gave ~34).
-ROW_DOT_VECTORS = 4
+# accumulators. On 768-wide rows, when torch.sum read 55-60 GB/s, 8 read 38-41 GB/s and 4 or 2 read
+# 50-53. TinyStarCoder decode when memory gave ~63 GB/s: 16.2 (8), 13.5 (4), 13.0 (2 or 1) ms per token.
+ROW_DOT_VECTORS = 2
 # Weight rows per parallel task of the per-row kernels: 64 rather than 16 took TinyStarCoder decode
 # from 17.2 to 15.3 ms per token (22.2 -> 21.5 when the machine's bandwidth is low).
 TASK_ROWS = 64
