@@ -160,8 +160,8 @@ def test_decode_row_dot_kernel_matches_numpy(out_features):
     x = rng.standard_normal((1, 1, 256), dtype=np.float32)
     out = vm["forward"](tvm.runtime.tensor(x), tvm.runtime.tensor(weight), tvm.runtime.tensor(bias)).numpy()
     assert np.abs(out - (x @ weight.T + bias)).max() <= 1e-4
-    # A serial sum of all `width` partials per output made the kernel compute-bound below the
-    # machine's read bandwidth: they are added as vectors first, leaving `lanes` scalars.
+    # One serial scalar sum of all `width` partials per output slowed the kernel below memory speed:
+    # they are added as vectors first, leaving `lanes` scalar adds.
     assert _serial_partial_sums(matmul) == {ROW_DOT_VECTORS, CPUShape.of(target).lanes}
 
 
