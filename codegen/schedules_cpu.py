@@ -28,7 +28,8 @@ PACK_BLOCK = 16
 # 50-53. TinyStarCoder decode when memory gave ~63 GB/s: 16.2 (8), 13.5 (4), 13.0 (2 or 1) ms per token.
 ROW_DOT_VECTORS = 2
 # Weight rows per parallel task of the per-row kernels: 64 rather than 16 took TinyStarCoder decode
-# from 17.2 to 15.3 ms per token (22.2 -> 21.5 when the machine's bandwidth is low).
+# from 17.2 to 15.3 ms per token (22.2 -> 21.5 when the machine's bandwidth is low). Re-checked with
+# fewer accumulators at ~63 GB/s: 32 and 128 within noise of 64, 256 slower (14.3 vs 12.9 ms).
 TASK_ROWS = 64
 # A reduction axis that splits into fewer lanes than this is left to the unscheduled kernel.
 MIN_LANES = 4
@@ -192,7 +193,8 @@ def _schedule_dots(sch, matmul, epilogue, cpu, m, n, k, width: int, tile_rows: i
     output_rank = len(sch.get(matmul).writes[0].source.shape)
     partial = sch.rfactor(k_inner, factor_axis=output_rank)
     sch.set_scope(partial, 0, ACCUMULATOR_SCOPE)
-    vector_sums = _sum_vectors_first(sch, matmul, cpu.lanes, output_rank) if width > cpu.lanes else None
+    # Only row dots have more lanes than a vector (side-by-side tiles pass width = lanes).
+    vector_sums = None if side_by_side or width == cpu.lanes else _sum_vectors_first(sch, matmul, cpu.lanes, output_rank)
     # rfactor moves the split loops to the write-back block; the partial sums get fresh ones.
     loops = sch.get_loops(partial)
     if side_by_side:
