@@ -76,7 +76,7 @@ bench: $(STAMP)
 	$(PY) bench/cpu_bench.py
 
 docs: $(STAMP)
-	$(PY) -m codegen.docs --write
+	$(PY) -m codegen.spec.docs --write
 
 clean:
 	rm -rf $(BUILD)

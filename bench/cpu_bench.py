@@ -109,12 +109,12 @@ class EagerSide:
 def _hf_config(model, preset: str, layers: int | None = None):
     from transformers import AutoConfig
 
-    from codegen.render import SPECS_DIR
+    from codegen.paths import specs_dir
     from codegen.spec import load_spec
 
     values = dict(model.package.PRESETS[preset])
     if layers is not None:  # a preset's width and vocabulary with fewer blocks: "small size"
-        values[load_spec(SPECS_DIR / f"{model.name}.yaml").field("num_hidden_layers").hf] = layers
+        values[load_spec(specs_dir() / f"{model.name}.yaml").field("num_hidden_layers").hf] = layers
     # Token ids 0: the library defaults (GPT-2's 50256) fall outside smaller vocabularies.
     return AutoConfig.for_model(model.package.model.HF_MODEL_TYPE, bos_token_id=0, eos_token_id=0, **values)
 
@@ -130,8 +130,8 @@ def _save_random_checkpoint(model, preset: str, layers: int | None, model_dir: P
 
 def _build_artifact(model, model_dir: Path, artifact: Path, threads: int) -> float:
     """Compile + convert through the project's own path; returns the compile seconds."""
-    from codegen.compile import BuildOptions, compile_to_dir
-    from codegen.weights import convert
+    from codegen.build.compile import BuildOptions, compile_to_dir
+    from codegen.convert.weights import convert
 
     config = model.package.Config.from_file(model_dir / "config.json")
     started = time.perf_counter()

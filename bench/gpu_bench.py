@@ -114,7 +114,7 @@ def _arch(requested: str | None) -> str:
 
 
 def _compile(model, config, arch: str, artifact: Path, reuse: bool) -> dict[str, Any]:
-    from codegen.compile import LIBRARY_NAME, METADATA_NAME, BuildOptions, compile_to_dir
+    from codegen.build.compile import LIBRARY_NAME, METADATA_NAME, BuildOptions, compile_to_dir
 
     metadata = artifact / METADATA_NAME
     if reuse and (artifact / LIBRARY_NAME).is_file() and metadata.is_file():
@@ -271,7 +271,7 @@ def _measure(args, model, hf_config: dict, workdir: Path, artifact: Path) -> dic
     import torch
     import transformers
 
-    from codegen.weights import convert
+    from codegen.convert.weights import convert
 
     cuda = DEVICE == "cuda"
     out: dict[str, Any] = {

@@ -148,7 +148,7 @@ for module, dist in (("numpy", "numpy"), ("ml_dtypes", "ml-dtypes"), ("torch", "
                      ("jsonschema", "jsonschema"), ("black", "black"), ("ruamel.yaml", "ruamel.yaml"), ("pytest", "pytest")):
     imported = importlib.import_module(module)
     print(f"  {dist} {metadata.version(dist)} from {imported.__file__}")
-for name in ("codegen.compile", "codegen.runtime", "codegen.weights", "codegen.render", "codegen.import_hf", "codegen.cli", "tests.test_gpu"):
+for name in ("codegen.build.compile", "codegen.runtime", "codegen.convert.weights", "codegen.render", "codegen.import_hf", "codegen.cli", "tests.test_gpu"):
     importlib.import_module(name)
 print("codegen imports: ok; nvcc:", shutil.which("nvcc"))
 import torch

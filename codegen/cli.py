@@ -1,13 +1,16 @@
-"""The `codegen` command line: generate, check, diff, compile, convert, run."""
+"""The `codegen` command line: generate, check, diff, import-hf, compile, convert, run.
+
+A refused input (a CodegenError) prints as one line and exits 1, and so does an operating-system
+failure on a named file (permission, disk full). Anything else is a bug: it keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from codegen.spec import SpecError
+from codegen.errors import CodegenError
 
 EXAMPLES = """\
 examples:
@@ -26,12 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except SpecError as exc:
+    except CodegenError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, RuntimeError, LookupError, OSError) as exc:
-        # Our own error types derive from these; their messages say what and where.
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 1
 
 
@@ -105,9 +109,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def _generate(args) -> int:
     from codegen import render
 
-    paths = render.spec_paths(args.specs) if args.specs else None
-    written = render.generate(args.output or render.GENERATED_DIR, paths)
-    print(f"generated {len(written)} files in {args.output or render.GENERATED_DIR.name + '/'}")
+    spec_files = render.spec_paths(args.specs) if args.specs else None
+    written = render.generate(args.output, spec_files)
+    print(f"generated {len(written)} files in {args.output or 'generated/'}")
     return 0
 
 
@@ -140,7 +144,8 @@ def _import_hf(args) -> int:
 
 
 def _compile(args) -> int:
-    from codegen.compile import BuildOptions, compile_to_dir
+    from codegen.build.compile import BuildOptions, compile_to_dir
+    from codegen.files import read_json_object
     from codegen.models import load_model
 
     options = BuildOptions(target=args.target, dtype=args.dtype, cuda_arch=args.arch)
@@ -153,7 +158,7 @@ def _compile(args) -> int:
     if args.preset:
         config = model.config(preset=args.preset, **overrides)
     else:
-        config = model.config(hf_config=json.loads(args.config.read_text()), **overrides)
+        config = model.config(hf_config=read_json_object(args.config), **overrides)
     print(f"compiling {model.name} for {args.target} ({args.dtype}) into {args.output} ...", flush=True)
     fields = compile_to_dir(model, config, options, args.output)
     print(f"wrote {args.output}/model.so in {fields['codegen']['compile_seconds']} s")
@@ -162,7 +167,7 @@ def _compile(args) -> int:
 
 def _convert(args) -> int:
     from codegen.models import load_model
-    from codegen.weights import convert
+    from codegen.convert.weights import convert
 
     model = load_model(args.spec)
     result = convert(model, args.model_dir, args.output, dtype=args.dtype, progress=not args.quiet)
@@ -173,7 +178,7 @@ def _convert(args) -> int:
 
 
 def _run(args) -> int:
-    from codegen.generation import run_prompt
+    from codegen.runtime.generation import run_prompt
 
     return run_prompt(args)
 

@@ -10,9 +10,7 @@ replaces the file, atomically.
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -20,13 +18,15 @@ from typing import Any, Iterable
 import yaml
 from ruamel.yaml import YAML
 
-from codegen.jsonfile import read_json_object
+from codegen import render
+from codegen.errors import CodegenError
+from codegen.files import read_json_object, staging_dir, write_atomic
 from codegen.spec import Spec, SpecError, load_spec
 
 _PRESET_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-class PresetImportError(ValueError):
+class PresetImportError(CodegenError):
     """The config.json or the spec file cannot take this preset; the message says why."""
 
 
@@ -144,8 +144,6 @@ def _entry_lines(lines: list[str], document, presets, name: str) -> tuple[int, i
 
 
 def _validate(candidate: Path, name: str, values: dict[str, Any]) -> None:
-    from codegen import render
-
     spec = load_spec(candidate)  # schema + semantic checks, with extends resolved
     merged = dict(spec.presets[name])
     if merged != values:
@@ -154,14 +152,11 @@ def _validate(candidate: Path, name: str, values: dict[str, Any]) -> None:
             f"preset {name!r} would merge with a parent spec's preset of that name (extra fields {', '.join(extra)});"
             " choose another name"
         )
-    staging = Path(tempfile.mkdtemp(prefix=".import-hf-"))
-    try:
+    with staging_dir(Path(tempfile.gettempdir()), prefix=".import-hf-") as staging:
         package = render.render_package(spec)
         for file_name, source in package.items():
             (staging / file_name).write_text(source)
         render.check_presets(spec, staging)  # every preset through the generated from_dict
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def import_preset(config_json: str | Path, spec_path: str | Path, preset: str, force: bool = False) -> dict[str, Any]:
@@ -176,17 +171,13 @@ def import_preset(config_json: str | Path, spec_path: str | Path, preset: str, f
     values = preset_values(spec, hf_config)
     text = spec_path.read_text()
     new_text = _insert_preset(text, preset, values, force)
-    # Written beside the original (extends paths resolve the same), validated, then renamed over it.
-    handle, temporary = tempfile.mkstemp(prefix=f".{spec_path.name}.", suffix=".tmp", dir=spec_path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(new_text)
+
+    def check(candidate: Path) -> None:
+        # The candidate lies beside the original, so its extends paths resolve the same.
         try:
-            _validate(Path(temporary), preset, values)
+            _validate(candidate, preset, values)
         except SpecError as exc:
             raise PresetImportError(f"the spec with preset {preset!r} would be invalid: {exc.problem}") from None
-        shutil.copymode(spec_path, temporary)
-        os.replace(temporary, spec_path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+
+    write_atomic(spec_path, new_text, check=check)
     return values

@@ -1,18 +1,36 @@
-"""Find generated model packages by architecture name or spec path."""
+"""Find, import and check the generated model packages under generated/.
+
+A package is the output of `codegen generate` for one spec. It is looked up by architecture name or
+by spec path; given a path, its header's spec hash must match the spec, so an edited spec that was
+not regenerated is refused instead of silently building the old model.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
 
-from codegen.render import GENERATED_DIR, SPECS_DIR, import_package
+from codegen import paths
+from codegen.errors import CodegenError
 from codegen.spec import load_spec
 
+_HASH_LINE = re.compile(r"^# spec-sha256: ([0-9a-f]{64})$", re.MULTILINE)
 
-class ModelNotFound(LookupError):
+
+class ModelNotFound(CodegenError):
     """No generated package for that name; the message lists what exists."""
+
+
+class StaleModel(CodegenError):
+    """The generated package was rendered from another version of the spec."""
+
+
+class ModelConfigError(CodegenError):
+    """A config.json (or preset) does not describe a model the generated package can build."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,26 +40,64 @@ class GeneratedModel:
 
     def config(self, *, preset: str | None = None, hf_config: dict | None = None, **overrides):
         if (preset is None) == (hf_config is None):
-            raise ValueError("give exactly one of preset or hf_config")
+            raise TypeError("give exactly one of preset or hf_config")
         if preset is not None:
             if preset not in self.package.PRESETS:
                 known = ", ".join(self.package.PRESETS)
                 raise ModelNotFound(f"{self.name} has no preset {preset!r}; presets: {known}")
             hf_config = self.package.PRESETS[preset]
-        return self.package.Config.from_dict(hf_config, **overrides)
+        try:
+            return self.package.Config.from_dict(hf_config, **overrides)
+        except self.package.ConfigError as exc:
+            raise ModelConfigError(f"{self.name}: {exc}") from None
 
 
 def available() -> list[str]:
-    return sorted(p.parent.name for p in GENERATED_DIR.glob("*/model.py"))
+    return sorted(p.parent.name for p in paths.generated_dir().glob("*/model.py"))
 
 
 def load_model(name_or_spec: str | Path) -> GeneratedModel:
     """`gpt_bigcode` or `specs/gpt_bigcode.yaml` -> the generated package under generated/."""
     text = str(name_or_spec)
-    name = load_spec(text).name if text.endswith((".yaml", ".yml")) else text
+    spec = load_spec(text) if text.endswith((".yaml", ".yml")) else None
+    name = spec.name if spec else text
+    package_dir = paths.generated_dir() / name
     if name not in available():
-        hint = f"; run `make generate` if {SPECS_DIR.name}/{name}.yaml is new" if (SPECS_DIR / f"{name}.yaml").exists() else ""
+        spec_file = paths.specs_dir() / f"{name}.yaml"
+        hint = f"; run `make generate` if {spec_file.parent.name}/{spec_file.name} is new" if spec_file.exists() else ""
         raise ModelNotFound(f"no generated model {name!r}; available: {', '.join(available())}{hint}")
+    if spec is not None:
+        _check_current(spec, package_dir)
     module_name = f"generated.{name}"
-    package = sys.modules.get(module_name) or import_package(GENERATED_DIR / name, module_name)
+    package = sys.modules.get(module_name) or import_package(package_dir, module_name)
     return GeneratedModel(name=name, package=package)
+
+
+def _check_current(spec, package_dir: Path) -> None:
+    header = (package_dir / "__init__.py").read_text(encoding="utf-8")
+    found = _HASH_LINE.search(header)
+    if found is None or found.group(1) != spec.content_hash:
+        raise StaleModel(
+            f"generated/{spec.name}/ was not rendered from {paths.relative_to_root(spec.source)} as it is now"
+            " (its spec-sha256 differs): run `make generate` (codegen generate) and try again"
+        )
+
+
+def import_package(package_dir: Path, module_name: str) -> ModuleType:
+    """Import a generated package from any folder (it uses relative imports between its files)."""
+    init = package_dir / "__init__.py"
+    module_spec = importlib.util.spec_from_file_location(module_name, init, submodule_search_locations=[str(package_dir)])
+    module = importlib.util.module_from_spec(module_spec)
+    forget_modules(module_name)  # else `.model` would resolve to a stale submodule of an earlier import
+    sys.modules[module_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        forget_modules(module_name)
+        raise
+    return module
+
+
+def forget_modules(module_name: str) -> None:
+    for name in [n for n in sys.modules if n == module_name or n.startswith(module_name + ".")]:
+        del sys.modules[name]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import importlib.util
 import keyword
 import math
 import os
@@ -24,12 +23,11 @@ from typing import Any, Callable, Iterable
 import black
 import jinja2
 
-from codegen import expr
-from codegen.spec import REPO_ROOT, Parameter, Spec, load_spec
-
-TEMPLATES_DIR = REPO_ROOT / "templates"
-SPECS_DIR = REPO_ROOT / "specs"
-GENERATED_DIR = REPO_ROOT / "generated"
+from codegen import paths
+from codegen.files import staging_dir
+from codegen.models import forget_modules, import_package
+from codegen.spec import Parameter, Spec, load_spec
+from codegen.spec import expr
 
 # Template -> generated file name, in a fixed order.
 PACKAGE_FILES = {
@@ -46,7 +44,10 @@ _BLACK_MODE = black.Mode(line_length=100)
 
 
 class RenderError(Exception):
-    """A template tried to emit an unescaped value, or rendered code that black cannot parse."""
+    """A template tried to emit an unescaped value, or rendered code that black cannot parse.
+
+    Specs are validated before they are rendered, so this is a bug in a template or in validation,
+    not a user error: it is not a CodegenError and keeps its traceback."""
 
 
 class Code(str):
@@ -118,7 +119,7 @@ def _finalize(value: Any) -> str:
 def _environment() -> jinja2.Environment:
     """One environment per process: templates compile once (auto_reload still sees edits on disk)."""
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        loader=jinja2.FileSystemLoader(paths.templates_dir()),
         undefined=jinja2.StrictUndefined,
         finalize=_finalize,
         trim_blocks=True,
@@ -139,19 +140,12 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def _relative_spec_path(spec: Spec) -> str:
-    try:
-        return spec.source.relative_to(REPO_ROOT).as_posix()
-    except ValueError:
-        return spec.source.name
-
-
 def render_package(spec: Spec) -> dict[str, str]:
     """File name -> formatted source of the generated package for one spec."""
     env = _environment()
     files = {}
     for template_name, file_name in PACKAGE_FILES.items():
-        source = env.get_template(template_name).render(spec=spec, spec_path=_relative_spec_path(spec))
+        source = env.get_template(template_name).render(spec=spec, spec_path=paths.relative_to_root(spec.source))
         try:
             files[file_name] = black.format_str(source, mode=_BLACK_MODE)
         except black.InvalidInput as exc:  # a template bug, never spec content
@@ -159,8 +153,8 @@ def render_package(spec: Spec) -> dict[str, str]:
     return files
 
 
-def spec_paths(specs_dir: Path = SPECS_DIR) -> list[Path]:
-    return sorted(specs_dir.glob("*.yaml"))
+def spec_paths(specs_dir: Path | None = None) -> list[Path]:
+    return sorted((specs_dir or paths.specs_dir()).glob("*.yaml"))
 
 
 def load_specs(paths: Iterable[Path]) -> list[Spec]:
@@ -192,26 +186,6 @@ def _write_tree(tree: dict[str, str], root: Path) -> None:
         target.write_text(content, encoding="utf-8")
 
 
-def import_package(package_dir: Path, module_name: str):
-    """Import a generated package from any folder (it uses relative imports between its files)."""
-    init = package_dir / "__init__.py"
-    module_spec = importlib.util.spec_from_file_location(module_name, init, submodule_search_locations=[str(package_dir)])
-    module = importlib.util.module_from_spec(module_spec)
-    _forget_modules(module_name)  # else `.model` would resolve to a stale submodule of an earlier import
-    sys.modules[module_name] = module
-    try:
-        module_spec.loader.exec_module(module)
-    except BaseException:
-        _forget_modules(module_name)
-        raise
-    return module
-
-
-def _forget_modules(module_name: str) -> None:
-    for name in [n for n in sys.modules if n == module_name or n.startswith(module_name + ".")]:
-        del sys.modules[name]
-
-
 def check_presets(spec: Spec, package_dir: Path) -> None:
     """Every preset must build a config with the generated from_dict (one implementation of the rules)."""
     module_name = f"_codegen_check_{spec.name}_{os.getpid()}"
@@ -230,32 +204,28 @@ def check_presets(spec: Spec, package_dir: Path) -> None:
             except (ArithmeticError, TypeError, ValueError) as exc:  # e.g. a size expression dividing by 0
                 raise spec.error(("presets", preset), f"cannot build a config: {type(exc).__name__}: {exc}") from None
     finally:
-        _forget_modules(module_name)
+        forget_modules(module_name)
 
 
 def generate(
-    output_dir: Path = GENERATED_DIR,
-    paths: Iterable[Path] | None = None,
+    output_dir: Path | None = None,
+    spec_files: Iterable[Path] | None = None,
     before_swap: Callable[[Path], None] | None = None,
 ) -> list[str]:
     """Render every spec into a temporary sibling folder and swap it in only when all succeeded.
 
     Returns the relative paths written. ``before_swap`` lets tests inject a failure at the last step.
     """
-    specs = load_specs(spec_paths() if paths is None else paths)
+    specs = load_specs(spec_paths() if spec_files is None else spec_files)
     tree = render_tree(specs)
-    output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.new-", dir=output_dir.parent))
-    try:
+    output_dir = Path(output_dir or paths.generated_dir())
+    with staging_dir(output_dir.parent, prefix=f".{output_dir.name}.new-") as staging:
         _write_tree(tree, staging)
         for spec in specs:
             check_presets(spec, staging / spec.name)
         if before_swap is not None:
             before_swap(staging)
         _swap_into_place(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return sorted(tree)
 
 
@@ -274,10 +244,10 @@ def _swap_into_place(staging: Path, output_dir: Path) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
-def stale_files(output_dir: Path = GENERATED_DIR, paths: Iterable[Path] | None = None) -> list[str]:
+def stale_files(output_dir: Path | None = None, spec_files: Iterable[Path] | None = None) -> list[str]:
     """Relative paths in output_dir that differ from a fresh render (missing, changed or orphaned)."""
-    tree = render_tree(load_specs(spec_paths() if paths is None else paths))
-    output_dir = Path(output_dir)
+    tree = render_tree(load_specs(spec_paths() if spec_files is None else spec_files))
+    output_dir = Path(output_dir or paths.generated_dir())
     present = {
         p.relative_to(output_dir).as_posix()
         for p in output_dir.rglob("*")

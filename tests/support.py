@@ -70,9 +70,9 @@ class ArtifactFactory:
         cuda_arch: str | None = None,
         **overrides: Any,
     ) -> Path:
-        from codegen.compile import BuildOptions, compile_to_dir
+        from codegen.build.compile import BuildOptions, compile_to_dir
         from codegen.models import load_model
-        from codegen.weights import convert
+        from codegen.convert.weights import convert
 
         config_text = (Path(model_dir) / "config.json").read_text()
         key_source = json.dumps([spec, config_text, str(model_dir), dtype, target, cuda_arch, overrides], sort_keys=True)

@@ -11,8 +11,9 @@ from tvm.relax.frontend.nn.llm._decode_kernels import _attention_decode_cpu
 from tvm.relax.frontend.nn.llm._prefill_kernels import _attention_prefill_cpu, _attention_prefill_ragged_cpu
 from tvm.s_tir import dlight
 
-from codegen import attention_cpu, schedules
-from codegen.compile import BuildOptions, export
+from codegen.build import pipeline
+from codegen.build.cpu import attention as attention_cpu
+from codegen.build.compile import BuildOptions, export
 from codegen.models import load_model
 
 PAGE_SIZE = 16
@@ -237,7 +238,7 @@ def test_pass_swaps_the_kernels_of_an_exported_model():
     assert set(before) == set(attention_cpu.REPLACEMENTS)
     with options.tvm_target():
         replaced = attention_cpu.replace_kv_cache_kernels()(exported)
-        scheduled = dlight.ApplyDefaultSchedule(*schedules.cpu_rules())(replaced)
+        scheduled = dlight.ApplyDefaultSchedule(*pipeline.cpu_rules())(replaced)
     for symbol, (global_var, func) in _kv_cache_kernels(replaced).items():
         original_var, original = before[symbol]
         assert global_var.same_as(original_var), symbol

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from codegen import chat_config, demo_checkpoint
+from codegen import demo_checkpoint
+from codegen.convert import chat_config
 from codegen.cli import main
 from codegen.demo_checkpoint import EOS_TOKEN, train_tokenizer
-from codegen.generation import IncrementalDecoder, stop_token_ids
+from codegen.runtime.generation import IncrementalDecoder, RunError, stop_token_ids
 from codegen.models import load_model
 from tests.support import REPO_ROOT, random_hf_model, save_hf_model
 
@@ -189,7 +190,7 @@ def test_stop_tokens_come_from_the_most_specific_file(tmp_path):
     (tokenizer_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 5]}))
     assert stop_token_ids(tokenizer_dir, artifact) == {2, 5}
     (tokenizer_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": "</s>"}))
-    with pytest.raises(ValueError, match="generation_config.json: eos_token_id must be an integer"):
+    with pytest.raises(RunError, match="generation_config.json: eos_token_id must be an integer"):
         stop_token_ids(tokenizer_dir, artifact)
 
 

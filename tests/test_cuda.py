@@ -10,8 +10,8 @@ import sys
 import pytest
 import tvm
 
-from codegen import compile as compile_module
-from codegen.compile import MODEL_FUNCTIONS, BuildOptions, build, compile_to_dir, vm_functions
+from codegen.build import compile as compile_module
+from codegen.build.compile import MODEL_FUNCTIONS, BuildOptions, build, compile_to_dir, vm_functions
 from codegen.models import load_model
 from codegen.runtime import ArtifactError, Model
 from codegen.spec import load_spec
@@ -52,9 +52,9 @@ def test_cuda_library_exposes_the_model_functions(dtype, arch):
 
 def test_wide_float16_model_compiles(tmp_path):
     """dlight's tensor-core path crashes the process on float16 matmuls wider than 64 unless
-    codegen.schedules turns it off; a subprocess turns a crash into a failure, not a dead run."""
+    codegen.build.pipeline turns it off; a subprocess turns a crash into a failure, not a dead run."""
     script = (
-        "from codegen.compile import BuildOptions, build\n"
+        "from codegen.build.compile import BuildOptions, build\n"
         "from codegen.models import load_model\n"
         "model = load_model('gpt_bigcode')\n"
         "config = model.package.Config.from_dict("

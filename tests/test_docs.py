@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
-from codegen import docs
-from codegen.spec import SCHEMA_PATH
+from codegen.spec import docs
+from codegen import paths
 
 
 def test_docs_are_current():
-    assert docs.DOCS_PATH.is_file(), "docs/spec.md is missing; run `make docs`"
-    assert docs.DOCS_PATH.read_text() == docs.render(), "docs/spec.md is stale; run `make docs` and commit it"
+    assert docs.docs_path().is_file(), "docs/spec.md is missing; run `make docs`"
+    assert docs.docs_path().read_text() == docs.render(), "docs/spec.md is stale; run `make docs` and commit it"
 
 
 def _keys(schema, node, prefix=()):
@@ -25,7 +25,7 @@ def _keys(schema, node, prefix=()):
 
 
 def test_every_schema_key_is_documented_with_type_and_required():
-    schema = json.loads(SCHEMA_PATH.read_text())
+    schema = json.loads(paths.schema_path().read_text())
     text = docs.render()
     for path in _keys(schema, schema):
         heading = f"### `{'.'.join(path)}`"
@@ -56,8 +56,7 @@ def test_write_is_atomic_and_idempotent(tmp_path):
 def test_check_exit_code(monkeypatch, tmp_path):
     stale = tmp_path / "spec.md"
     stale.write_text("old\n")
-    monkeypatch.setattr(docs, "DOCS_PATH", stale)
-    monkeypatch.setattr(docs, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(docs, "docs_path", lambda: stale)
     assert docs.main(["--check"]) == 1
     assert docs.main(["--write"]) == 0
     assert docs.main(["--check"]) == 0

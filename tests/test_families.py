@@ -165,9 +165,9 @@ def test_scaled_rope_and_unsupported_options_are_refused():
 
 def test_santacoder_legacy_weight_map_reads_split_conv1d(tmp_path):
     """Without compiling: the converted tensors of the legacy layout equal those of the fused layout."""
-    from codegen.checkpoint import open_checkpoint
+    from codegen.convert.checkpoint import open_checkpoint
     from codegen.models import load_model
-    from codegen.weights import apply_transforms
+    from codegen.convert.weights import apply_transforms
 
     family = FAMILIES["santacoder_legacy"]
     hf_model = make_hf_model(family)
@@ -191,7 +191,7 @@ def test_bare_backbone_checkpoint_converts_like_the_full_one(tmp_path):
     from safetensors.numpy import load_file, save_file
 
     from codegen.models import load_model
-    from codegen.weights import convert
+    from codegen.convert.weights import convert
 
     family = FAMILIES["gpt2"]
     full = save_hf_model(make_hf_model(family), tmp_path / "full")

@@ -11,8 +11,8 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend import nn
 
-from codegen import schedules
-from codegen.compile import BuildOptions
+from codegen.build import pipeline
+from codegen.build.compile import BuildOptions
 
 # Inputs across the range where each function changes, plus the tails where exp over/underflows.
 INPUTS = np.concatenate([np.linspace(-12, 12, 4001), [-200.0, -88.0, -30.0, 0.0, 30.0, 88.0, 200.0]]).astype(np.float32)
@@ -41,7 +41,7 @@ def _build(activation, dtype: str = "float32"):
 
     mod, _ = Activation().export_tvm({"forward": {"x": nn.spec.Tensor([INPUTS.size], dtype)}})
     target = BuildOptions(target="llvm", num_threads=2).tvm_target()
-    return tvm.compile(mod, target=target, relax_pipeline=schedules.pipeline(target))
+    return tvm.compile(mod, target=target, relax_pipeline=pipeline.relax_pipeline(target))
 
 
 def _assembly(executable) -> str:

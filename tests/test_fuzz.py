@@ -25,6 +25,7 @@ from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
 
 from codegen import render
+from codegen.models import forget_modules, import_package
 from codegen.spec import SpecError, format_key_path, load_spec
 from tests.support import REPO_ROOT
 
@@ -95,13 +96,13 @@ def exercise(path: Path, export: bool = False, run: bool = True) -> dict[str, st
             return files
         if export:
             module_name = f"_fuzz_{spec.name}_{next(_module_ids)}"
-            module = render.import_package(package_dir, module_name)
+            module = import_package(package_dir, module_name)
             try:
                 assert module.ARCHITECTURE == spec.name
                 assert set(module.PRESETS) == set(spec.presets)
                 _export_tiny(module, spec)
             finally:
-                render._forget_modules(module_name)
+                forget_modules(module_name)
     return files
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from codegen import render
+from codegen import paths, render
 from codegen.spec import load_spec
 from tests.support import REPO_ROOT
 
@@ -75,8 +75,7 @@ def test_diff_shows_only_real_differences():
 def test_check_command_fails_on_a_stale_tree(tmp_path, monkeypatch):
     render.generate(tmp_path / "out")
     (tmp_path / "out" / "gpt_bigcode" / "weights.py").write_text("# stale\n")
-    monkeypatch.setattr(render, "GENERATED_DIR", tmp_path / "out")
-    monkeypatch.setattr(render.stale_files, "__defaults__", (tmp_path / "out", None))
+    monkeypatch.setattr(paths, "generated_dir", lambda: tmp_path / "out")
     from codegen.cli import main
 
     assert main(["check"]) == 1

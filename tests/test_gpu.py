@@ -136,7 +136,7 @@ CASES: tuple[Case, ...] = (
 
 def device_arch() -> str:
     """sm_XY of the GPU TVM sees, from its compute capability (H200: 9.0 -> sm_90)."""
-    from codegen.compile import CUDA_ARCHS
+    from codegen.build.compile import CUDA_ARCHS
 
     major, minor = str(tvm.cuda(0).compute_version).split(".")
     arch = f"sm_{major}{minor}"
@@ -172,9 +172,9 @@ def build_case(
     tests.support.ArtifactFactory.build converts weights only for llvm and always compiles for
     sm_80 (whose code an sm_90 GPU cannot run), so this builds the same way with the arch given.
     """
-    from codegen.compile import BuildOptions, compile_to_dir
+    from codegen.build.compile import BuildOptions, compile_to_dir
     from codegen.models import load_model
-    from codegen.weights import convert
+    from codegen.convert.weights import convert
 
     seed = CASES.index(case) if seed is None else seed
     folder = Path(root) / f"{case.name}-{target}"

@@ -36,11 +36,12 @@ def _transformers_config(tmp_path: Path, class_name: str, **kwargs) -> Path:
 
 def _generated_config(spec_path: Path, hf_config: dict):
     from codegen import render
+    from codegen.models import import_package
 
     spec = load_spec(spec_path)
     out = spec_path.parent.parent / f"gen-{spec.name}"
-    render.generate(output_dir=out, paths=[spec_path])
-    package = render.import_package(out / spec.name, f"_test_import_hf_{spec.name}_{abs(hash(str(out)))}")
+    render.generate(output_dir=out, spec_files=[spec_path])
+    package = import_package(out / spec.name, f"_test_import_hf_{spec.name}_{abs(hash(str(out)))}")
     return package.Config.from_dict(hf_config), package
 
 

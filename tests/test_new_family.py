@@ -82,14 +82,15 @@ presets:
 @pytest.fixture(scope="module")
 def neox_package(tmp_path_factory):
     from codegen import render
+    from codegen.models import import_package
 
     root = tmp_path_factory.mktemp("new_family")
     spec_path = root / "specs" / "gpt_neox.yaml"
     spec_path.parent.mkdir()
     spec_path.write_text(GPT_NEOX_SPEC)
-    written = render.generate(output_dir=root / "generated", paths=[spec_path])
+    written = render.generate(output_dir=root / "generated", spec_files=[spec_path])
     assert "gpt_neox/model.py" in written
-    return render.import_package(root / "generated" / "gpt_neox", "_test_new_family_gpt_neox")
+    return import_package(root / "generated" / "gpt_neox", "_test_new_family_gpt_neox")
 
 
 def test_new_family_generates_from_yaml_alone(neox_package):
@@ -104,10 +105,10 @@ def test_new_family_generates_from_yaml_alone(neox_package):
 def test_new_family_parity(neox_package, tmp_path):
     import transformers
 
-    from codegen.compile import BuildOptions, compile_to_dir
+    from codegen.build.compile import BuildOptions, compile_to_dir
     from codegen.models import GeneratedModel
     from codegen.runtime import Model
-    from codegen.weights import convert
+    from codegen.convert.weights import convert
 
     hf_model = random_hf_model(
         transformers.GPTNeoXConfig, transformers.GPTNeoXForCausalLM,

@@ -203,12 +203,13 @@ def test_batch_prefill_past_the_window_after_earlier_tokens(fresh):
 
 def test_generate_with_a_prompt_longer_than_the_window(fresh):
     from codegen.runtime import RuntimeInputError
+    from codegen.runtime.sampling import SamplingError
 
     with pytest.raises(RuntimeInputError, match="would exceed the context window"):
         list(fresh.generate([1] * (WINDOW + 5), max_new_tokens=4))
-    with pytest.raises(RuntimeInputError, match="temperature must be >= 0"):
+    with pytest.raises(SamplingError, match="temperature must be a finite number >= 0"):
         list(fresh.generate([1], max_new_tokens=4, temperature=-1))
-    with pytest.raises(RuntimeInputError, match=r"top_p in \(0, 1\]"):
+    with pytest.raises(SamplingError, match=r"top_p must be a number in \(0, 1\]"):
         list(fresh.generate([1], max_new_tokens=4, top_p=0))
     # generation stops at the window instead of decoding past it
     assert len(list(fresh.generate([1] * (WINDOW - 3), max_new_tokens=100))) == 3
@@ -390,7 +391,7 @@ def _find_record(index, name):
 )
 def test_tensor_cache_that_does_not_match_the_model(artifact_copy, label, edit, expected):
     from codegen.runtime import Model
-    from codegen.tensor_cache import TensorCacheError
+    from codegen.artifact.tensor_cache import TensorCacheError
 
     _edit_cache(artifact_copy, edit)
     with pytest.raises(TensorCacheError, match=expected):
@@ -399,7 +400,7 @@ def test_tensor_cache_that_does_not_match_the_model(artifact_copy, label, edit, 
 
 def test_tensor_cache_shard_with_a_flipped_byte(artifact_copy):
     from codegen.runtime import Model
-    from codegen.tensor_cache import TensorCacheError
+    from codegen.artifact.tensor_cache import TensorCacheError
 
     shard = artifact_copy / "params_shard_0.bin"
     data = bytearray(shard.read_bytes())
@@ -411,7 +412,7 @@ def test_tensor_cache_shard_with_a_flipped_byte(artifact_copy):
 
 def test_tensor_cache_missing_or_not_json(artifact_copy):
     from codegen.runtime import Model
-    from codegen.tensor_cache import TensorCacheError
+    from codegen.artifact.tensor_cache import TensorCacheError
 
     (artifact_copy / "tensor-cache.json").write_text("{")
     with pytest.raises(TensorCacheError, match="tensor-cache.json is not valid JSON"):
@@ -423,7 +424,7 @@ def test_tensor_cache_missing_or_not_json(artifact_copy):
 
 def test_tensor_cache_symlinked_shard_outside(artifact_copy, tmp_path):
     from codegen.runtime import Model
-    from codegen.tensor_cache import TensorCacheError
+    from codegen.artifact.tensor_cache import TensorCacheError
 
     outside = tmp_path / "elsewhere.bin"
     shard = artifact_copy / "params_shard_0.bin"

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from codegen.compile import LIBRARY_NAME, METADATA_NAME
+from codegen.build.compile import LIBRARY_NAME, METADATA_NAME
 from codegen.models import load_model
 from codegen.runtime import Model
-from codegen.weights import convert
+from codegen.convert.weights import convert
 from tests.parity import prefill_then_decode, tokens
 from tests.support import FLOAT32_TOLERANCE, hf_logits, max_abs_diff, random_hf_model, save_hf_model
 

@@ -7,10 +7,10 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from codegen import schedules
-from codegen.compile import BuildOptions, export
+from codegen.build import pipeline
+from codegen.build.compile import BuildOptions, export
 from codegen.models import load_model
-from codegen.schedules_cpu import CPUShape
+from codegen.build.cpu.rules import CPUShape
 from tests.support import FLOAT32_TOLERANCE, hf_logits, max_abs_diff, random_hf_model, save_hf_model
 
 TINY = dict(vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_positions=64)
@@ -33,7 +33,7 @@ def lowered_tiny():
     ir_module, _ = export(model, model.config(hf_config=TINY), options)
     target = options.tvm_target()
     with target:
-        return schedules.pipeline(target)(ir_module)
+        return pipeline.relax_pipeline(target)(ir_module)
 
 
 def _prim_funcs(mod: tvm.IRModule) -> dict[str, tirx.PrimFunc]:
@@ -81,12 +81,12 @@ def test_cpu_shape_comes_from_the_target():
 
 
 def test_cuda_kernels_skip_tensorization():
-    """dlight's tensor-core path segfaults in TVM 0.27 (see schedules._do_not_tensorize)."""
+    """dlight's tensor-core path segfaults in TVM 0.27 (see pipeline._do_not_tensorize)."""
     cuda = Target({"kind": "cuda", "arch": "sm_80"}, host="llvm")
-    mark = schedules.schedule_passes(cuda)[0]
+    mark = pipeline.schedule_passes(cuda)[0]
     marked = mark(tvm.IRModule({"f": tvm.tirx.PrimFunc([], tvm.tirx.Evaluate(0))}))
     assert all(func.attrs["dlight.do_not_tensorize"] for func in marked.functions.values())
-    assert schedules.schedule_passes(Target({"kind": "llvm"}))[0] is not mark
+    assert pipeline.schedule_passes(Target({"kind": "llvm"}))[0] is not mark
 
 
 @pytest.mark.slow
@@ -138,7 +138,7 @@ def test_decode_row_dot_kernel_matches_numpy(out_features):
     from tvm import relax
     from tvm.relax.frontend import nn
 
-    from codegen.schedules_cpu import ROW_DOT_VECTORS
+    from codegen.build.cpu.rules import ROW_DOT_VECTORS
 
     class Linear(nn.Module):
         def __init__(self):
@@ -150,11 +150,11 @@ def test_decode_row_dot_kernel_matches_numpy(out_features):
     mod, _ = Linear().export_tvm({"forward": {"x": nn.spec.Tensor([1, 1, 256], "float32")}})
     target = BuildOptions(target="llvm", num_threads=2).tvm_target()
     with target:
-        lowered = schedules.pipeline(target)(mod)
+        lowered = pipeline.relax_pipeline(target)(mod)
     [matmul] = [f for name, f in _prim_funcs(lowered).items() if "matmul" in name]
     width = ROW_DOT_VECTORS * CPUShape.of(target).lanes
     assert f"T.vectorized(T.int64({width}))" in matmul.script()
-    vm = relax.VirtualMachine(tvm.compile(mod, target=target, relax_pipeline=schedules.pipeline(target)), tvm.cpu())
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target, relax_pipeline=pipeline.relax_pipeline(target)), tvm.cpu())
     rng = np.random.default_rng(0)
     weight, bias = rng.standard_normal((out_features, 256), dtype=np.float32), rng.standard_normal(out_features, dtype=np.float32)
     x = rng.standard_normal((1, 1, 256), dtype=np.float32)
@@ -204,7 +204,7 @@ def test_prefill_gemm_accumulators_are_stack_allocated(epilogue):
     import re
 
     mod, target = _prefill_linear(epilogue)
-    executable = tvm.compile(mod, target=target, relax_pipeline=schedules.pipeline(target))
+    executable = tvm.compile(mod, target=target, relax_pipeline=pipeline.relax_pipeline(target))
     ir = "\n".join(module.inspect_source("ll") for module in executable.mod.imports)
     # TVMBackendAllocWorkspace(device_type, device_id, nbytes, ...): only the packed weight panel.
     workspace_bytes = [int(size) for size in re.findall(r"\(i32 1, i32 %dev_id, i64 (\d+),", ir)]
@@ -218,14 +218,14 @@ def test_prefill_gemm_matches_numpy_for_every_row_remainder(epilogue):
     import numpy as np
     from tvm import relax
 
-    from codegen.schedules_cpu import GEMM_MR
+    from codegen.build.cpu.rules import GEMM_MR
 
     mod, target = _prefill_linear(epilogue)
     with target:
-        lowered = schedules.pipeline(target)(mod)
+        lowered = pipeline.relax_pipeline(target)(mod)
     gemm = [f for name, f in _prim_funcs(lowered).items() if "matmul" in name]
     assert gemm and "pragma_loop_partition_hint" in gemm[0].script()
-    vm = relax.VirtualMachine(tvm.compile(mod, target=target, relax_pipeline=schedules.pipeline(target)), tvm.cpu())
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target, relax_pipeline=pipeline.relax_pipeline(target)), tvm.cpu())
     rng = np.random.default_rng(0)
     params = [rng.standard_normal((96, 64), dtype=np.float32)] + ([rng.standard_normal(96, dtype=np.float32)] if epilogue else [])
     for rows in range(1, 3 * GEMM_MR + 2):

@@ -17,6 +17,9 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from codegen.errors import CodegenError
+from codegen.files import read_json_object
+
 SINGLE_FILE = "model.safetensors"
 SHARD_INDEX = "model.safetensors.index.json"
 TORCH_FILE = "pytorch_model.bin"
@@ -36,7 +39,7 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CodegenError):
     """A checkpoint is missing, damaged or does not fit the model; the message names file and tensor."""
 
 
@@ -129,12 +132,9 @@ class ShardedSafetensors(Checkpoint):
     def __init__(self, model_dir: Path):
         index_path = model_dir / SHARD_INDEX
         self.location = str(index_path)
-        try:
-            weight_map = json.loads(index_path.read_text())["weight_map"]
-            if not isinstance(weight_map, dict):
-                raise TypeError(f"weight_map is a {type(weight_map).__name__}, not an object")
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{index_path}: not a valid shard index ({type(exc).__name__}: {exc})") from None
+        weight_map = read_json_object(index_path, CheckpointError).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index_path}: not a valid shard index (its weight_map must be an object)")
         root = model_dir.resolve()
         self._shards: dict[str, SafetensorsFile] = {}
         self._owner: dict[str, SafetensorsFile] = {}

@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from codegen.errors import CodegenError
+
 _TOKEN = re.compile(r"\s*(?:(?P<number>\d+\.\d*(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?)|(?P<name>[A-Za-z_]\w*)|(?P<op>//|[-+*/()]))")
 _MAX_LENGTH = 200
 
 
-class ExpressionError(ValueError):
+class ExpressionError(CodegenError):
     """The expression is not valid arithmetic; the message says where."""
 
 

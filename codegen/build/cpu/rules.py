@@ -24,12 +24,9 @@ GEMM_MR = 4
 GEMM_VECTORS = 1
 PACK_BLOCK = 16
 # Decode (one activation row): each weight row a dot product with ROW_DOT_VECTORS vector
-# accumulators. On 768-wide rows, when torch.sum read 55-60 GB/s, 8 read 38-41 GB/s and 4 or 2 read
-# 50-53. TinyStarCoder decode when memory gave ~63 GB/s: 16.2 (8), 13.5 (4), 13.0 (2 or 1) ms per token.
+# accumulators; fewer accumulators keep more bytes in flight per row (measured: bench/README.md).
 ROW_DOT_VECTORS = 2
-# Weight rows per parallel task of the per-row kernels: 64 rather than 16 took TinyStarCoder decode
-# from 17.2 to 15.3 ms per token (22.2 -> 21.5 when the machine's bandwidth is low). Re-checked with
-# fewer accumulators at ~63 GB/s: 32 and 128 within noise of 64, 256 slower (14.3 vs 12.9 ms).
+# Weight rows per parallel task of the per-row kernels (chosen by measurement: bench/README.md).
 TASK_ROWS = 64
 # A reduction axis that splits into fewer lanes than this is left to the unscheduled kernel.
 MIN_LANES = 4
@@ -165,8 +162,7 @@ def _schedule_matmul(sch: s_tir.Schedule, matmul, epilogue, cpu: CPUShape) -> s_
     width = ROW_DOT_VECTORS * lanes
     if _extent(sch, m) == 1 and k_extent % width == 0:
         # One row: each thread reads its weight rows one after another (one memory stream), each a
-        # dot product. Tiles of rows read side by side, as below, streamed slower (TinyStarCoder
-        # decode: 19.0 -> 16.8 ms per token for rows of up to a page; 29 -> 31 GB/s for 12 KB rows).
+        # dot product; tiles of rows read side by side, as below, stream slower.
         return _schedule_dots(sch, matmul, epilogue, cpu, m, n, k, width, tile_rows=None)
     wanted_tile = SINGLE_ROW_WEIGHT_TILE if _extent(sch, m) == 1 else WEIGHT_TILE
     weight_tile = _largest_power_of_two_dividing(n_extent, wanted_tile)

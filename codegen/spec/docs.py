@@ -2,25 +2,23 @@
 
 The schema is the single source: each key's type, allowed values, default and description come from
 it, and each example is the value the first spec under specs/ (sorted by file name) gives that key.
-`python -m codegen.docs --write` rewrites the file (atomically); `--check` exits 1 when it is stale.
+`python -m codegen.spec.docs --write` rewrites the file (atomically); `--check` exits 1 when it is stale.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
 
-from codegen.spec import REPO_ROOT, SCHEMA_PATH
+from codegen import paths
+from codegen.files import write_atomic
 
-DOCS_PATH = REPO_ROOT / "docs" / "spec.md"
-SPECS_DIR = REPO_ROOT / "specs"
+DOCS_FILE = "docs/spec.md"
 ANY_KEY = "<name>"  # stands for a free-form key (a preset name, an HF field name)
 ITEM = "[]"  # stands for every item of a list
 
@@ -127,12 +125,16 @@ def _entry(schema, documents, path, node, required) -> list[str]:
     return lines + [""]
 
 
-def render(schema_path: Path = SCHEMA_PATH, specs_dir: Path = SPECS_DIR) -> str:
+def docs_path() -> Path:
+    return paths.repo_root() / DOCS_FILE
+
+
+def render(schema_path: Path | None = None, specs_dir: Path | None = None) -> str:
     """The whole docs/spec.md text."""
-    schema = json.loads(Path(schema_path).read_text())
-    documents = _spec_documents(specs_dir)
+    schema = json.loads(Path(schema_path or paths.schema_path()).read_text())
+    documents = _spec_documents(specs_dir or paths.specs_dir())
     out = [
-        "<!-- Generated from specs/schema.json by `python -m codegen.docs --write` (make docs). DO NOT EDIT. -->",
+        "<!-- Generated from specs/schema.json by `python -m codegen.spec.docs --write` (make docs). DO NOT EDIT. -->",
         "",
         f"# {schema['title']}",
         "",
@@ -161,37 +163,30 @@ def render(schema_path: Path = SCHEMA_PATH, specs_dir: Path = SPECS_DIR) -> str:
 
 
 def write(path: Path | None = None) -> bool:
-    """Rewrite docs/spec.md if it differs; True when it changed. Written to a temporary file, then renamed."""
+    """Rewrite docs/spec.md if it differs; True when it changed."""
     text = render()
-    path = Path(path or DOCS_PATH)
+    path = Path(path or docs_path())
     if path.is_file() and path.read_text() == text:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text)
     return True
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m codegen.docs", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m codegen.spec.docs", description=__doc__.splitlines()[0])
     action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--write", action="store_true", help=f"rewrite {DOCS_PATH.relative_to(REPO_ROOT)}")
+    action.add_argument("--write", action="store_true", help=f"rewrite {DOCS_FILE}")
     action.add_argument("--check", action="store_true", help="exit 1 when it is stale")
     args = parser.parse_args(argv)
-    relative = DOCS_PATH.relative_to(REPO_ROOT)
     if args.write:
-        print(f"{'wrote' if write() else 'unchanged:'} {relative}")
+        print(f"{'wrote' if write() else 'unchanged:'} {DOCS_FILE}")
         return 0
-    if not DOCS_PATH.is_file() or DOCS_PATH.read_text() != render():
-        print(f"{relative} is stale; run `make docs` and commit the result", file=sys.stderr)
+    path = docs_path()
+    if not path.is_file() or path.read_text() != render():
+        print(f"{DOCS_FILE} is stale; run `make docs` and commit the result", file=sys.stderr)
         return 1
-    print(f"{relative} is current")
+    print(f"{DOCS_FILE} is current")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Run a compiled artifact: Relax VM + TVM's paged KV cache, one or many sequences, text generation.
+"""Run a compiled artifact: Relax VM + TVM's paged KV cache, one or many sequences.
 
 An artifact folder holds model.so and metadata.json (from `codegen compile`) and the tensor cache
 (from `codegen convert`). Every input is checked here before it reaches compiled code, because the
@@ -13,21 +13,20 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import tvm
-from tvm import relax
+from tvm.runtime.vm import VirtualMachine
 
-from codegen import tensor_cache
-from codegen.compile import LIBRARY_NAME, METADATA_NAME
+from codegen.artifact import tensor_cache
+from codegen.artifact.contract import LIBRARY_NAME, METADATA_NAME, ArtifactError
+from codegen.errors import CodegenError
+from codegen.files import read_json_object
+from codegen.runtime.sampling import check_sampling, sample
 
 PAGE_SIZE = 16
 DEVICES = ("cpu", "cuda")
 
 
-class RuntimeInputError(ValueError):
+class RuntimeInputError(CodegenError):
     """An input (token id, length, sequence id, batch size) the model cannot take; says which and why."""
-
-
-class ArtifactError(RuntimeError):
-    """An artifact folder is incomplete or its parts do not belong together."""
 
 
 def _shape(*values: int) -> tvm.runtime.ShapeTuple:
@@ -65,7 +64,7 @@ class Model:
 
         try:
             library = tvm.runtime.load_module(str(artifact / LIBRARY_NAME))
-            self.vm = relax.VirtualMachine(library, self.device)
+            self.vm = VirtualMachine(library, self.device)
             embedded = json.loads(self.vm["_metadata"]())
         except (RuntimeError, ValueError, OSError, KeyError, AttributeError) as exc:  # what TVM raises for a non-model file
             raise ArtifactError(f"{artifact / LIBRARY_NAME} cannot be loaded as a model library ({type(exc).__name__}: {exc})") from None
@@ -195,8 +194,7 @@ class Model:
         stop: Callable[[list[int]], bool] | None = None,
     ) -> Iterator[int]:
         """Yield new token ids; temperature 0 is greedy. ``stop(generated)`` ends the loop when true."""
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise RuntimeInputError("temperature must be >= 0 and top_p in (0, 1]")
+        check_sampling(temperature, top_p)
         max_new_tokens = min(max_new_tokens, self.context_window_size - len(prompt_ids))
         rng = np.random.default_rng(seed)
         logits = self.prefill(prompt_ids)
@@ -250,19 +248,6 @@ class Model:
         return chunk
 
 
-def sample(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
-    if temperature == 0:
-        return int(np.argmax(logits))
-    scaled = (logits - logits.max()) / temperature
-    probs = np.exp(scaled)
-    probs /= probs.sum()
-    order = np.argsort(-probs)
-    cumulative = np.cumsum(probs[order])
-    keep = order[: int(np.searchsorted(cumulative, top_p)) + 1]
-    kept = probs[keep] / probs[keep].sum()
-    return int(rng.choice(keep, p=kept))
-
-
 def _check_size(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise RuntimeInputError(f"{name} must be a positive integer, got {value!r}")
@@ -272,13 +257,7 @@ def _read_metadata(artifact: Path) -> dict:
     for name in (LIBRARY_NAME, METADATA_NAME):
         if not (artifact / name).is_file():
             raise ArtifactError(f"{artifact} has no {name}: run `codegen compile --output {artifact}` first")
-    try:
-        metadata = json.loads((artifact / METADATA_NAME).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{artifact / METADATA_NAME} is not valid JSON: {exc}") from None
-    if not isinstance(metadata, dict):
-        raise ArtifactError(f"{artifact / METADATA_NAME} is not a JSON object; recompile")
-    return metadata
+    return read_json_object(artifact / METADATA_NAME, ArtifactError)
 
 
 def _check_metadata(artifact: Path, metadata: dict, embedded: dict) -> None:

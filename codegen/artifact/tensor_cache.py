@@ -17,18 +17,18 @@ import ml_dtypes
 import numpy as np
 import tvm
 
+from codegen.artifact.contract import ArtifactError
+from codegen.files import read_json_object
+
 INDEX_NAME = "tensor-cache.json"
 SHARD_PREFIX = "params_shard_"
 DEFAULT_SHARD_BYTES = 32 << 20
 
-_NUMPY_DTYPES = {
-    "float32": np.dtype("float32"),
-    "float16": np.dtype("float16"),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-}
+# numpy has no bfloat16 of its own; ml_dtypes provides it.
+_NUMPY_DTYPES = {name: np.dtype(ml_dtypes.bfloat16 if name == "bfloat16" else name) for name in ("float32", "float16", "bfloat16")}
 
 
-class TensorCacheError(RuntimeError):
+class TensorCacheError(ArtifactError):
     """A tensor cache is missing, damaged, or does not hold what the model needs."""
 
 
@@ -96,10 +96,7 @@ def read_index(directory: Path) -> dict[str, Any]:
     path = Path(directory) / INDEX_NAME
     if not path.is_file():
         raise TensorCacheError(f"{directory} has no {INDEX_NAME}: run `codegen convert --output {directory}` first")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise TensorCacheError(f"{path} is not valid JSON: {exc}") from None
+    return read_json_object(path, TensorCacheError)
 
 
 def load_params(directory: Path, expected: list[dict[str, Any]], device: tvm.runtime.Device) -> list[tvm.runtime.Tensor]:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from codegen import chat_config, tensor_cache
-from codegen.checkpoint import Checkpoint, CheckpointError, open_checkpoint
-from codegen.jsonfile import read_json_object
+from codegen.artifact import tensor_cache
+from codegen.convert import chat_config
+from codegen.convert.checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from codegen.files import read_json_object, staging_dir
 from codegen.models import GeneratedModel
 
 __all__ = ["CheckpointError", "convert", "apply_transforms"]
@@ -29,7 +27,7 @@ def apply_transforms(array: np.ndarray, transforms: tuple[str, ...], config: Any
             rest = array.shape[1:]
             array = array.reshape(heads, 3, head_dim, *rest).swapaxes(0, 1).reshape(3 * heads * head_dim, *rest)
         else:
-            raise ValueError(f"unknown weight transform {transform!r}")
+            raise AssertionError(f"unknown weight transform {transform!r}")  # the schema allows no other
     return array
 
 
@@ -45,8 +43,8 @@ def _mapped_tensors(
 ) -> Iterator[tuple[str, np.ndarray, str]]:
     specs = parameter_specs(model, config, dtype)
     sources = model.package.weight_map(config)
-    if set(sources) != set(specs):
-        raise RuntimeError(f"generated weight map and model disagree on {sorted(set(sources) ^ set(specs))}")
+    if set(sources) != set(specs):  # a template bug, never the user's input
+        raise AssertionError(f"generated weight map and model disagree on {sorted(set(sources) ^ set(specs))}")
     needed = {name for source in sources.values() for name in source.hf_names}
     ignored = model.package.ignored_tensors(config)
     stored_as = _stored_names(checkpoint.names(), needed | ignored, model.package.BACKBONE_PREFIX)
@@ -103,7 +101,7 @@ def _read_config(model: GeneratedModel, model_dir: Path) -> Any:
     path = model_dir / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{model_dir} has no config.json (the Hugging Face model config)")
-    return model.package.Config.from_dict(read_json_object(path, CheckpointError))
+    return model.config(hf_config=read_json_object(path, CheckpointError))
 
 
 def convert(
@@ -117,20 +115,18 @@ def convert(
     model_dir, output = Path(model_dir), Path(output)
     config = _read_config(model, model_dir)
     checkpoint = open_checkpoint(model_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".weights-", dir=output))
     try:
-        tensors = _mapped_tensors(model, config, checkpoint, dtype)
-        if progress:
-            tensors = _with_progress(tensors, len(model.package.weight_map(config)))
-        metadata = {"architecture": model.name, "dtype": dtype, "source": str(model_dir)}
-        tensor_cache.write(tensors, staging, metadata)
-        _replace_weights(staging, output)
+        with staging_dir(output, prefix=".weights-") as staging:
+            tensors = _mapped_tensors(model, config, checkpoint, dtype)
+            if progress:
+                tensors = _with_progress(tensors, len(model.package.weight_map(config)))
+            metadata = {"architecture": model.name, "dtype": dtype, "source": str(model_dir)}
+            tensor_cache.write(tensors, staging, metadata)
+            _replace_weights(staging, output)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
         checkpoint.close()
     chat_config.write(model_dir, output, config, dtype)
-    return {"config": config, "index": json.loads((output / tensor_cache.INDEX_NAME).read_text())}
+    return {"config": config, "index": tensor_cache.read_index(output)}
 
 
 def _with_progress(tensors, total: int):

@@ -7,15 +7,13 @@ tokens, the sampling defaults and the conversation template; `codegen run` reads
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from codegen.compile import QUANTIZATIONS, engine_limits
-from codegen.jsonfile import read_json_object
+from codegen.artifact.contract import CHAT_CONFIG_NAME, QUANTIZATIONS, engine_limits
+from codegen.errors import CodegenError
+from codegen.files import read_json_object, write_atomic
 
-CHAT_CONFIG_NAME = "mlc-chat-config.json"
 CHAT_CONFIG_VERSION = "0.1.0"
 # The tokenizer files MLC LLM copies, in its order.
 TOKENIZER_FILES = (
@@ -36,7 +34,7 @@ SAMPLING_DEFAULTS = {
 }
 
 
-class ChatConfigError(ValueError):
+class ChatConfigError(CodegenError):
     """A file of the model folder cannot go into the artifact; says which and why."""
 
 
@@ -51,7 +49,7 @@ def write(model_dir: Path, output: Path, config: Any, dtype: str) -> dict[str, A
     )
     copied = [name for name in TOKENIZER_FILES if _copy_if_present(model_dir, name, output)]
     chat_config = chat_config_fields(hf_config, generation, config, dtype, copied)
-    _write_atomically(
+    write_atomic(
         output / CHAT_CONFIG_NAME, json.dumps(chat_config, indent=2, sort_keys=True) + "\n"
     )
     return chat_config
@@ -115,17 +113,6 @@ def _copy_if_present(model_dir: Path, name: str, output: Path) -> bool:
     # A symlinked file could otherwise pull anything readable on this machine into the artifact.
     if not source.resolve().is_relative_to(model_dir.resolve()):
         raise ChatConfigError(f"{source} points outside {model_dir}; refusing to copy it")
-    _write_atomically(output / name, source.read_bytes())
+    write_atomic(output / name, source.read_bytes())
     return True
 
-
-def _write_atomically(path: Path, content: str | bytes) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(content.encode() if isinstance(content, str) else content)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -16,23 +15,26 @@ import tvm
 from tvm import relax
 from tvm.target import Target
 
-from codegen import schedules
+from codegen.artifact.contract import (
+    LIBRARY_NAME,
+    MAX_BATCH_SIZE,
+    METADATA_NAME,
+    MODEL_FUNCTIONS,
+    QUANTIZATIONS,
+    engine_limits,
+)
+from codegen.build import pipeline
+from codegen.errors import CodegenError
+from codegen.files import staging_dir
 from codegen.models import GeneratedModel
 
 TARGETS = ("llvm", "cuda")
-DTYPES = ("float32", "float16", "bfloat16")
-# MLC LLM's names for unquantised weights of each dtype.
-QUANTIZATIONS = {"float32": "q0f32", "float16": "q0f16", "bfloat16": "q0bf16"}
+DTYPES = tuple(QUANTIZATIONS)
 CUDA_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
-LIBRARY_NAME = "model.so"
-METADATA_NAME = "metadata.json"
-MODEL_FUNCTIONS = ("embed", "prefill", "decode", "batch_prefill", "batch_decode", "batch_verify", "create_paged_kv_cache")
 
 
-class CompileError(RuntimeError):
-    """The build cannot start or did not finish; the message says why and how to fix it.
-
-    A RuntimeError, so the CLI reports it as `error: CompileError: ...` with exit status 1."""
+class CompileError(CodegenError):
+    """The build cannot start or did not finish; the message says why and how to fix it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,18 +79,6 @@ def export(model: GeneratedModel, config: Any, options: BuildOptions) -> tuple[t
     return ir_module, named_params
 
 
-def engine_limits(config: Any) -> dict[str, Any]:
-    """The window and parallelism fields that both `_metadata` and mlc-chat-config.json carry."""
-    return {
-        "context_window_size": config.context_window_size,
-        "sliding_window_size": -1,
-        "attention_sink_size": -1,
-        "prefill_chunk_size": config.prefill_chunk_size,
-        "tensor_parallel_shards": 1,
-        "pipeline_parallel_stages": 1,
-    }
-
-
 def metadata(model: GeneratedModel, config: Any, options: BuildOptions, named_params) -> dict[str, Any]:
     """The MLC LLM `_metadata` fields, plus what our runtime needs to check an artifact."""
     return {
@@ -97,7 +87,7 @@ def metadata(model: GeneratedModel, config: Any, options: BuildOptions, named_pa
         **engine_limits(config),
         "disaggregation": False,
         "kv_state_kind": "kv_cache",
-        "max_batch_size": 80,
+        "max_batch_size": MAX_BATCH_SIZE,
         "params": [
             {"name": name, "shape": [int(d) for d in param.shape], "dtype": param.dtype, "preprocs": []}
             for name, param in named_params
@@ -136,7 +126,7 @@ def build(model: GeneratedModel, config: Any, options: BuildOptions) -> tuple[re
     ir_module = _attach_metadata(ir_module, fields)
     target = options.tvm_target()
     with target, tvm.transform.PassContext(opt_level=3, config=pass_config(options)):
-        executable = tvm.compile(ir_module, target=target, relax_pipeline=schedules.pipeline(target))
+        executable = tvm.compile(ir_module, target=target, relax_pipeline=pipeline.relax_pipeline(target))
     missing = sorted(set(MODEL_FUNCTIONS + ("_metadata",)) - set(vm_functions(executable)))
     if missing:
         raise CompileError(f"the built library lacks the functions {', '.join(missing)}")
@@ -161,17 +151,13 @@ def pass_config(options: BuildOptions) -> dict[str, Any]:
 def compile_to_dir(model: GeneratedModel, config: Any, options: BuildOptions, output: Path) -> dict[str, Any]:
     """Build into a temporary sibling folder, then move it into place, so a failed build leaves nothing."""
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.build-", dir=output.parent))
-    try:
+    with staging_dir(output.parent, prefix=f".{output.name}.build-") as staging:
         started = time.perf_counter()
         executable, fields = build(model, config, options)
         executable.export_library(str(staging / LIBRARY_NAME))
         fields["codegen"]["compile_seconds"] = round(time.perf_counter() - started, 1)
         (staging / METADATA_NAME).write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
         _replace_library_files(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return fields
 
 

@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from codegen.jsonfile import read_json_object
+from codegen.errors import CodegenError
+from codegen.files import read_json_object
+from codegen.runtime.sampling import check_sampling
 
 TOKENIZER_FILE = "tokenizer.json"
 # Where a model folder may name its end-of-sequence token, most specific first.
@@ -35,15 +37,40 @@ def _rate(tokens: int, seconds: float) -> str:
     return f"{tokens} tokens in {seconds:.2f} s{speed}"
 
 
+class RunError(CodegenError):
+    """An option, the prompt or a tokenizer file of `codegen run` is unusable; says which and why."""
+
+
 def load_tokenizer(folder: Path):
     from tokenizers import Tokenizer
 
     path = Path(folder) / TOKENIZER_FILE
     if not path.is_file():
-        raise FileNotFoundError(
+        raise RunError(
             f"{path} does not exist: pass --tokenizer a Hugging Face model folder that contains {TOKENIZER_FILE}"
         )
-    return Tokenizer.from_file(str(path))
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises bare Exception for every parse failure
+        raise RunError(f"{path} is not a usable tokenizer ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """Token ids of the prompt; a prompt that is not text (bytes invalid in UTF-8 arrive from the
+    command line as lone surrogates) is refused with the position of the first bad byte."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RunError(f"the prompt is not valid UTF-8 text (bad byte at character {exc.start})") from None
+    ids = tokenizer.encode(prompt).ids
+    if not ids:
+        raise RunError("the prompt encodes to no tokens; give a non-empty --prompt")
+    return ids
 
 
 def stop_token_ids(*folders: Path) -> frozenset[int]:
@@ -53,14 +80,12 @@ def stop_token_ids(*folders: Path) -> frozenset[int]:
             path = Path(folder) / name
             if not path.is_file():
                 continue
-            eos = read_json_object(path).get("eos_token_id")
+            eos = read_json_object(path, RunError).get("eos_token_id")
             if eos is None:
                 continue
             ids = eos if isinstance(eos, list) else [eos]
             if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-                raise ValueError(
-                    f"{path}: eos_token_id must be an integer or a list of them, got {eos!r}"
-                )
+                raise RunError(f"{path}: eos_token_id must be an integer or a list of them, got {eos!r}")
             return frozenset(ids)
     return frozenset()
 
@@ -142,18 +167,32 @@ def stream_completion(
     return timings
 
 
+def check_options(args) -> None:
+    """Every option of `codegen run`, before anything is loaded or printed."""
+    if args.max_new_tokens < 1:
+        raise RunError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        raise RunError(f"--seed must be an integer in [0, 2**63), got {args.seed}")
+    check_sampling(args.temperature, args.top_p, names=("--temperature", "--top-p"))
+
+
 def run_prompt(args) -> int:
     """Handler of `codegen run` (arguments parsed in codegen.cli)."""
-    from codegen.runtime import Model
+    from codegen.runtime.model import Model
 
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    check_options(args)
     tokenizer = load_tokenizer(args.tokenizer)
-    prompt_ids = tokenizer.encode(args.prompt).ids
-    if not prompt_ids:
-        raise ValueError("the prompt encodes to no tokens; give a non-empty --prompt")
+    prompt_ids = encode_prompt(tokenizer, args.prompt)
     stop_ids = stop_token_ids(args.tokenizer, args.artifact)
     model = Model(args.artifact, device=args.device)
+    room = model.context_window_size - len(prompt_ids)
+    if room < 1:
+        raise RunError(
+            f"the prompt is {len(prompt_ids)} tokens and the context window {model.context_window_size}:"
+            " no room for a new token; shorten the prompt"
+        )
+    if args.max_new_tokens > room:
+        print(f"note: the context window leaves room for {room} new tokens, not {args.max_new_tokens}", file=sys.stderr)
 
     def write(text: str) -> None:
         sys.stdout.write(text)

@@ -3,25 +3,25 @@
 Both targets run TVM's own backend passes around the same core: keep nn.Linear as one
 transposed-weight matmul, legalise and fuse, then schedule every fused kernel with dlight-style rules
 (ours for CPU matmuls and single-row norms, dlight's for the rest and for CUDA). CPU builds also
-legalise activations to vectorisable approximations (codegen/fast_math.py) and swap the KV cache's
-scalar attention kernels for threaded, vectorised ones (codegen/attention_cpu.py).
+legalise activations to vectorisable approximations (build/cpu/fast_math.py) and swap the KV cache's
+scalar attention kernels for threaded, vectorised ones (build/cpu/attention.py).
 """
 
 from __future__ import annotations
 
 import tvm
-from tvm import relax
+from tvm import relax, topi
 from tvm.relax.backend.cpu_generic import pipeline as cpu_backend
 from tvm.relax.backend.cuda import pipeline as cuda_backend
 from tvm.s_tir import dlight
 from tvm.target import Target
 
-from codegen import fast_math
-from codegen.attention_cpu import replace_kv_cache_kernels
-from codegen.schedules_cpu import SingleRowReduction, WeightMatmul
+from codegen.build.cpu import fast_math
+from codegen.build.cpu.attention import replace_kv_cache_kernels
+from codegen.build.cpu.rules import SingleRowReduction, WeightMatmul
 
 
-def pipeline(target: Target) -> tvm.transform.Pass:
+def relax_pipeline(target: Target) -> tvm.transform.Pass:
     """The pipeline tvm.compile runs for this target."""
     backend = cuda_backend if target.kind.name == "cuda" else cpu_backend
 
@@ -43,8 +43,10 @@ def pipeline(target: Target) -> tvm.transform.Pass:
 
 
 def _legalize_and_fuse(target: Target) -> list[tvm.transform.Pass]:
-    # LLVM has no vector exp/tanh/erf: on CPU, activations legalise to vectorisable approximations.
-    legalize_map = fast_math.legalize_map() if target.kind.name == "llvm" else None
+    legalize_map = {"relax.take": _take_clipped}
+    if target.kind.name == "llvm":
+        # LLVM has no vector exp/tanh/erf: on CPU, activations legalise to vectorisable approximations.
+        legalize_map.update(fast_math.legalize_map())
     return [
         relax.transform.LegalizeOps(customize_legalize_map=legalize_map),
         relax.transform.AnnotateTIROpPattern(),
@@ -52,6 +54,16 @@ def _legalize_and_fuse(target: Target) -> list[tvm.transform.Pass]:
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
     ]
+
+
+def _take_clipped(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    """Gathers (the token embedding) clamp their indices instead of trusting them.
+
+    TVM's default "fast" mode warns at every compile that an out-of-range index segfaults. The
+    runtime checks token ids first; the clamp costs one min/max per row and keeps a stray id from
+    reading outside the table in any caller that does not."""
+    mode = "clip" if call.attrs.mode == "fast" else call.attrs.mode
+    return bb.call_te(topi.take, call.args[0], call.args[1], call.attrs.axis, mode=mode)
 
 
 def schedule_passes(target: Target) -> list[tvm.transform.Pass]:
