@@ -158,6 +158,26 @@ def test_alias_bomb_is_refused(tmp_path):
         load_spec(path)
 
 
+@pytest.mark.parametrize(
+    "text, line, words",
+    [
+        ("name: x\nlayers: " + "[" * 2000 + "]" * 2000 + "\n", 2, "too deeply nested (more than 32 levels)"),
+        # line n opens levels 2n-4 and 2n-3 (a list and a mapping): the 33rd on line 18
+        ("name: x\nlayers:\n" + "".join("  " * i + f"- k{i}:\n" for i in range(1, 200)), 18, "too deeply nested (more than 32 levels)"),
+        ("name: x\n# a number\nlayers: " + "7" * 5000 + "\n", 3, "is not a usable value (Exceeds the limit"),
+        ("name: x\n? [a, b]\n: 1\n", 2, "a key must be a string"),
+    ],
+    ids=["2000 flow levels", "deep block nesting", "5000-digit integer", "list as key"],
+)
+def test_limits_of_the_yaml_reader_are_located_spec_errors(tmp_path, text, line, words):
+    """PyYAML would raise RecursionError or ValueError here; each is one located SpecError."""
+    path = write_spec(tmp_path, text)
+    with pytest.raises(SpecError) as error:
+        load_spec(path)
+    assert error.value.line == line and words in str(error.value)
+    assert len(str(error.value)) < 300
+
+
 def test_yaml_tags_that_build_python_objects_are_refused(tmp_path):
     path = write_spec(tmp_path, "name: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(SpecError) as error:

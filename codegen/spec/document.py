@@ -33,7 +33,7 @@ class SpecError(CodegenError):
         self.key_path = key_path
         self.problem = problem
         where = f"{_display(self.file)}:{line}" if line else _display(self.file)
-        super().__init__(f"{where}: {format_key_path(key_path) or '<top level>'}: {problem}")
+        super().__init__(f"{where}: {shorten(format_key_path(key_path), 160) or '<top level>'}: {problem}")
 
 
 def format_key_path(key_path: KeyPath) -> str:
@@ -43,17 +43,22 @@ def format_key_path(key_path: KeyPath) -> str:
     return out
 
 
-def brief(value: Any, limit: int = 80) -> str:
-    """repr of a value, shortened in the middle: error messages stay readable for hostile input."""
-    text = repr(value)
+def shorten(text: str, limit: int = 80) -> str:
+    """text cut in the middle past limit: error messages stay readable for hostile input."""
     return text if len(text) <= limit else f"{text[: limit // 2]}...{text[-limit // 4:]} ({len(text)} characters)"
+
+
+def brief(value: Any, limit: int = 80) -> str:
+    """repr of a value, shortened in the middle."""
+    return shorten(repr(value), limit)
 
 
 def _display(path: Path) -> str:
     try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+        text = str(path.resolve().relative_to(Path.cwd()))
+    except (ValueError, OSError):
+        text = str(path)
+    return shorten(text, 160)
 
 
 # ----------------------------------------------------------------------------- reading YAML
@@ -86,6 +91,7 @@ def _read_yaml(path: Path) -> Located:
         raise SpecError(path, None, (), f"spec is larger than {_MAX_SPEC_BYTES} bytes")
     try:
         text = raw.decode("utf-8")
+        _check_nesting(text, path)
         loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
@@ -111,6 +117,27 @@ def _read_yaml(path: Path) -> Located:
     located = Located(data, where)
     _check_values(located, data, ())
     return located
+
+
+def _check_nesting(text: str, path: Path) -> None:
+    """PyYAML builds nodes recursively, so a deep document ends in RecursionError there; its parser
+    is iterative, so the depth is measured on the parse events first."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > _MAX_DEPTH:
+                raise SpecError(path, event.start_mark.line + 1, (), f"spec is too deeply nested (more than {_MAX_DEPTH} levels)")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _scalar(loader, node, key_path: KeyPath, path: Path) -> Any:
+    try:
+        return loader.construct_object(node)
+    except ValueError as exc:  # e.g. an integer past Python's 4300-digit conversion limit
+        reason = str(exc).split(";")[0]
+        raise SpecError(path, node.start_mark.line + 1, key_path, f"{brief(node.value)} is not a usable value ({reason})") from None
 
 
 def _check_values(document: Located, value: Any, key_path: KeyPath) -> None:
@@ -142,7 +169,9 @@ def _construct(loader, node, key_path, where, path, counter, depth=0):
         loader.flatten_mapping(node)
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node)
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise SpecError(path, key_node.start_mark.line + 1, key_path, "a key must be a string, not a list or mapping")
+            key = _scalar(loader, key_node, key_path, path)
             if not isinstance(key, str):
                 raise SpecError(path, key_node.start_mark.line + 1, key_path, f"key {key!r} must be a string")
             child = key_path + (key,)
@@ -158,7 +187,7 @@ def _construct(loader, node, key_path, where, path, counter, depth=0):
             where[child] = (path, item.start_mark.line + 1)
             items.append(_construct(loader, item, child, where, path, counter, depth + 1))
         return items
-    return loader.construct_object(node)
+    return _scalar(loader, node, key_path, path)
 
 
 def _load_with_extends(path: Path, root_dir: Path, chain: tuple[Path, ...]) -> Located:
