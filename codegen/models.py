@@ -17,7 +17,9 @@ from types import ModuleType
 from codegen import paths
 from codegen.errors import CodegenError
 from codegen.spec import load_spec
+from codegen.spec.document import brief
 
+_PACKAGE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")  # the schema's pattern and length for spec names
 _HASH_LINE = re.compile(r"^# spec-sha256: ([0-9a-f]{64})$", re.MULTILINE)
 
 
@@ -61,6 +63,8 @@ def load_model(name_or_spec: str | Path) -> GeneratedModel:
     text = str(name_or_spec)
     spec = load_spec(text) if text.endswith((".yaml", ".yml")) else None
     name = spec.name if spec else text
+    if not _PACKAGE_NAME.fullmatch(name):
+        raise ModelNotFound(f"{brief(name)} is neither a spec file (.yaml) nor a generated model name; available: {', '.join(available())}")
     package_dir = paths.generated_dir() / name
     if name not in available():
         spec_file = paths.specs_dir() / f"{name}.yaml"

@@ -157,3 +157,28 @@ def test_cli_unknown_preset_and_spec(capsys, tmp_path):
     err = capsys.readouterr().err
     assert code == 1 and "no_such.yaml" in err and "cannot read spec" in err
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_an_edited_spec_that_was_not_regenerated_is_refused(capsys, tmp_path):
+    """compile and convert used to read only the spec's name and build the committed package."""
+    edited = tmp_path / "gpt_bigcode.yaml"
+    text = (REPO_ROOT / SPEC).read_text()
+    assert text.count("  norm: layernorm") == 1
+    edited.write_text(text.replace("  norm: layernorm", "  norm: rmsnorm"))
+    for command in (
+        ["compile", "--spec", str(edited), "--preset", "tiny_starcoder", "--output", str(tmp_path / "a")],
+        ["convert", "--spec", str(edited), "--model-dir", str(tmp_path), "--output", str(tmp_path / "a")],
+    ):
+        code = main(command)
+        err = capsys.readouterr().err
+        assert code == 1 and err.count("\n") == 1
+        assert "generated/gpt_bigcode/ was not rendered from" in err and "run `make generate`" in err
+    assert not (tmp_path / "a").exists()
+
+
+def test_an_unedited_copy_of_a_spec_loads_its_package(tmp_path):
+    from codegen.models import load_model
+
+    copy = tmp_path / "gpt_bigcode.yaml"
+    copy.write_text((REPO_ROOT / SPEC).read_text())
+    assert load_model(copy).name == "gpt_bigcode"

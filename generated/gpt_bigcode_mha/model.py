@@ -67,8 +67,11 @@ def _read(
         raise ConfigError(
             f"config.json field {name!r} must be a positive integer below 2**31, got {value!r}"
         )
-    if kind is float and not math.isfinite(value):
-        raise ConfigError(f"config.json field {name!r} must be a finite number, got {value!r}")
+    # Every float field is an epsilon, a base or a fraction: zero or less is never meant.
+    if kind is float and not (math.isfinite(value) and value > 0):
+        raise ConfigError(
+            f"config.json field {name!r} must be a positive finite number, got {value!r}"
+        )
     return value
 
 
@@ -164,6 +167,10 @@ class GPTBigCodeMHAConfig:
                 not isinstance(value, int) or isinstance(value, bool) or value <= 0
             ):
                 raise ConfigError(f"{field.name} must be a positive integer, got {value!r}")
+            if field.type is float and (
+                not isinstance(value, float) or not math.isfinite(value) or value <= 0
+            ):
+                raise ConfigError(f"{field.name} must be a positive finite number, got {value!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"num_attention_heads ({self.num_attention_heads}) must divide hidden_size ({self.hidden_size})"
