@@ -327,3 +327,60 @@ def test_demo_checkpoint_is_a_loadable_hf_folder(tmp_path, monkeypatch):
         == "def f(x):\n    return x"
     )
     load_model("gpt_bigcode").package.Config.from_file(output / "config.json")
+
+
+# ---------------------------------------------------------------------------- codegen run: bad input
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--temperature", "nan"], "--temperature must be a finite number >= 0"),
+        (["--temperature", "-0.5"], "--temperature must be a finite number >= 0"),
+        (["--top-p", "0"], "--top-p must be a number in (0, 1]"),
+        (["--seed", "-1"], "--seed must be an integer in [0, 2**63)"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    ],
+)
+def test_run_refuses_bad_options_before_any_output(capsys, tmp_path, option, message):
+    code = main(["run", "--artifact", str(tmp_path), "--tokenizer", str(tmp_path), "--prompt", "x", *option])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == ""
+    assert captured.err.startswith(f"error: {message}") and captured.err.count("\n") == 1
+
+
+@pytest.mark.parametrize("content", ["{}", "not json at all", '{"model": {"type": "NoSuchModel"}}'])
+def test_run_with_a_malformed_tokenizer_is_one_line(capsys, tmp_path, content):
+    (tmp_path / "tokenizer.json").write_text(content)
+    code = main(["run", "--artifact", str(tmp_path), "--tokenizer", str(tmp_path), "--prompt", "x"])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == ""
+    assert captured.err.startswith(f"error: {tmp_path / 'tokenizer.json'} is not a usable tokenizer (")
+    assert captured.err.count("\n") == 1
+
+
+def test_run_with_a_prompt_that_is_not_utf8(tmp_path, tokenizer):
+    """Bytes that are not UTF-8 reach Python's argv as lone surrogates; the tokenizer would raise."""
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    prompt = b"def \xff(".decode("utf-8", "surrogateescape")
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "codegen.cli", "run", "--artifact", str(tmp_path), "--tokenizer", str(tmp_path),
+         "--prompt", prompt.encode("utf-8", "surrogateescape")],
+        cwd=REPO_ROOT, capture_output=True, timeout=120, env=environment,
+    )
+    assert done.returncode == 1 and done.stdout == b""
+    assert done.stderr.decode() == "error: the prompt is not valid UTF-8 text (bad byte at character 4)\n"
+
+
+@pytest.mark.slow
+def test_run_with_a_prompt_that_fills_the_window(capsys, tiny, tokenizer):
+    _, model_dir, artifact = tiny
+    window = json.loads((artifact / "metadata.json").read_text())["context_window_size"]
+    text = ""
+    while len(tokenizer.encode(text).ids) < window:
+        text += "for i in range(10): "
+    code = main(["run", "--artifact", str(artifact), "--tokenizer", str(model_dir), "--prompt", text])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == ""
+    assert "no room for a new token; shorten the prompt" in captured.err
