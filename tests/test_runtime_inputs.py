@@ -246,8 +246,10 @@ def test_unknown_and_duplicate_sequence_ids(fresh):
         fresh.remove_sequence(5)
     with pytest.raises(RuntimeInputError, match="sequence 'a' does not exist"):
         fresh.batch_decode({"a": 1})
-    for bad in (seq, -1, "x", 1.5):
-        with pytest.raises(RuntimeInputError, match="is invalid or already in use"):
+    with pytest.raises(RuntimeInputError, match=rf"sequence id {seq} is already in use"):
+        fresh.add_sequence(seq)
+    for bad in (-1, "x", 1.5):
+        with pytest.raises(RuntimeInputError, match=r"is invalid: use an integer in \[0, "):
             fresh.add_sequence(bad)
     # a refused batch leaves the good sequence untouched
     assert fresh.sequences == {seq: 2}
