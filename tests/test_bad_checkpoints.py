@@ -13,6 +13,9 @@ import os
 import pickle
 import shutil
 import struct
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -264,7 +267,7 @@ def test_missing_tensors(model, model_dir, out):
     save_tensors(model_dir, arrays)
     message = convert_error(model, model_dir, out)
     assert "does not match gpt_bigcode" in message and str(model_dir / "model.safetensors") in message
-    assert "missing tensors: transformer.h.1.ln_2.bias, transformer.wpe.weight" in message
+    assert "missing 2 tensors: 'transformer.h.1.ln_2.bias', 'transformer.wpe.weight'" in message
     assert "unexpected" not in message
     assert_no_partial_cache(out)
 
@@ -275,7 +278,7 @@ def test_extra_tensors(model, model_dir, out):
     arrays["evil.payload"] = np.zeros(3, dtype="float32")
     save_tensors(model_dir, arrays)
     message = convert_error(model, model_dir, out)
-    assert "unexpected tensors: evil.payload, transformer.h.2.attn.c_attn.weight" in message
+    assert "unexpected 2 tensors: 'evil.payload', 'transformer.h.2.attn.c_attn.weight'" in message
     assert "missing" not in message
     assert_no_partial_cache(out)
 
@@ -285,7 +288,108 @@ def test_config_that_does_not_fit_the_tensors(model, model_dir, out):
     config["n_layer"] = 3
     (model_dir / "config.json").write_text(json.dumps(config))
     message = convert_error(model, model_dir, out)
-    assert "missing tensors: transformer.h.2." in message
+    assert "missing 12 tensors, e.g. 'transformer.h.2." in message
+
+
+def test_config_with_an_absurd_layer_count_is_refused_before_any_work(model, model_dir, out, monkeypatch):
+    """n_layer=100000 took 147 s to fail: the model was built first. Now the count is compared first,
+    from weight maps of one and two layers, and neither the model nor a big weight map is built."""
+    config = json.loads((model_dir / "config.json").read_text())
+    config["n_layer"] = 100_000
+    (model_dir / "config.json").write_text(json.dumps(config))
+    layer_counts = []
+    real_weight_map = model.package.weight_map
+    monkeypatch.setattr(model.package, "weight_map", lambda c: layer_counts.append(c.num_hidden_layers) or real_weight_map(c))
+    monkeypatch.setattr(weights, "parameter_specs", lambda *a: pytest.fail("the model was built before the names were checked"))
+    message = convert_error(model, model_dir, out)
+    assert message == (
+        f"checkpoint {model_dir / 'model.safetensors'} holds 28 tensors, but gpt_bigcode with this config.json"
+        " (100,000 layers) needs 1,200,004: the config.json does not describe this checkpoint"
+    )
+    assert max(layer_counts) <= 2
+    assert not out.exists()
+
+
+def test_a_mismatch_lists_a_few_names_and_a_count(model, model_dir, out):
+    """200,000 junk header entries gave a 2.3 MB message; now five names per list and the count (50,000 here)."""
+    header, body = read_safetensors(model_dir / "model.safetensors")
+    del header["transformer.wpe.weight"]
+    header.update({f"junk.{i:06d}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(50_000)})
+    write_safetensors(model_dir / "model.safetensors", header, body)
+    message = convert_error(model, model_dir, out)
+    assert message.endswith(
+        "does not match gpt_bigcode for this config.json:\n  missing 1 tensor: 'transformer.wpe.weight'"
+        "\n  unexpected 50,000 tensors, e.g. 'junk.000000', 'junk.000001', 'junk.000002', 'junk.000003', 'junk.000004'"
+    )
+    assert len(message) < 500
+
+
+def test_a_crafted_tensor_name_is_cut_short_in_messages(model, model_dir, out):
+    arrays = tensors(model_dir)
+    arrays["x" * 1_000_000] = np.zeros(1, dtype="float32")
+    save_tensors(model_dir, arrays)
+    message = convert_error(model, model_dir, out)
+    assert "unexpected 1 tensor: 'xxx" in message and len(message) < 500
+
+
+# ----------------------------------------------------------------------------- values that are not finite
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights_are_refused(model, model_dir, out, bad):
+    """A NaN model emits token 0 forever; the tensor is named, with the count of bad values."""
+    arrays = tensors(model_dir)
+    arrays["transformer.h.1.mlp.c_fc.bias"][[3, 7, 9]] = bad
+    save_tensors(model_dir, arrays)
+    message = convert_error(model, model_dir, out)
+    assert message == (
+        f"{model_dir / 'model.safetensors'}: tensor 'transformer.h.1.mlp.c_fc.bias' has 3 NaN or infinite values"
+        " (of 128): the model would compute garbage; use an undamaged checkpoint, or --allow-non-finite"
+        " (allow_non_finite=True) to convert it anyway"
+    )
+    assert_no_partial_cache(out)
+
+
+@pytest.mark.parametrize("dtype, largest", [("float16", "65504"), ("bfloat16", "3.38953e+38")])
+def test_values_that_overflow_the_target_dtype_are_refused(model, model_dir, out, dtype, largest):
+    """float64 1e6 -> float16 was inf with only numpy's RuntimeWarning; now an error, and no warning."""
+    arrays = {k: v.astype("float64") for k, v in tensors(model_dir).items()}
+    arrays["transformer.ln_f.weight"][:2] = 1e6 if dtype == "float16" else 1e300
+    save_tensors(model_dir, arrays)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CheckpointError) as info:
+            weights.convert(model, model_dir, out, dtype=dtype, progress=False)
+    assert str(info.value).startswith(
+        f"{model_dir / 'model.safetensors'}: tensor 'transformer.ln_f.weight' has 2 values (of 32) beyond the range of"
+        f" {dtype} (largest {largest}): convert with a wider --dtype"
+    )
+    assert_no_partial_cache(out)
+
+
+def test_non_finite_weights_convert_when_allowed(model, model_dir, out):
+    import tvm
+
+    arrays = tensors(model_dir)
+    arrays["transformer.ln_f.bias"][0] = np.nan
+    save_tensors(model_dir, arrays)
+    index = weights.convert(model, model_dir, out, progress=False, allow_non_finite=True)["index"]
+    expected = [{"name": r["name"], "shape": r["shape"], "dtype": r["dtype"]} for s in index["records"] for r in s["records"]]
+    loaded = dict(zip([e["name"] for e in expected], tensor_cache.load_params(out, expected, tvm.cpu())))
+    assert np.isnan(loaded["transformer.ln_f.bias"].numpy()[0])
+
+
+def test_cli_refuses_non_finite_weights_unless_allowed(model_dir, out, capsys):
+    from codegen import cli
+
+    arrays = tensors(model_dir)
+    arrays["transformer.wte.weight"][5, 5] = np.inf
+    save_tensors(model_dir, arrays)
+    argv = ["convert", "--spec", "gpt_bigcode", "--model-dir", str(model_dir), "--output", str(out), "--quiet"]
+    assert cli.main(argv) == 1
+    assert "tensor 'transformer.wte.weight' has 1 NaN or infinite values (of 2,048)" in capsys.readouterr().err
+    assert cli.main([*argv, "--allow-non-finite"]) == 0
+    assert (out / tensor_cache.INDEX_NAME).is_file()
 
 
 # ----------------------------------------------------------------------------- config.json
@@ -310,7 +414,7 @@ def test_config_json_that_is_not_a_config(model, model_dir, out, text, expected)
     [
         ("n_head", 0, "config.json field 'n_head' must be a positive integer below 2**31, got 0"),
         ("n_head", -4, "config.json field 'n_head' must be a positive integer below 2**31, got -4"),
-        ("layer_norm_epsilon", float("nan"), "config.json field 'layer_norm_epsilon' must be a finite number, got nan"),
+        ("layer_norm_epsilon", float("nan"), "config.json field 'layer_norm_epsilon' must be a positive finite number, got nan"),
         ("n_embd", "32", "config.json field 'n_embd' must be int, got '32'"),
         ("model_type", "llama", "config.json model_type 'llama' is not 'gpt_bigcode'"),
         ("multi_query", False, "multi_query=False"),
@@ -598,3 +702,27 @@ def test_failure_removing_the_old_index_leaves_the_old_cache_whole(model, model_
         weights.convert(model, model_dir, out, progress=False)
     monkeypatch.undo()
     assert snapshot(out) == before
+
+
+# ----------------------------------------------------------------------------- staging folders of killed conversions
+
+
+def test_convert_removes_the_staging_folders_of_dead_converts_only(model, model_dir, out, monkeypatch):
+    """A convert killed mid-way leaves .weights-PID-*; the next convert into that output removes it once
+    that PID is gone, and leaves the folders of live converts (and names it does not know) alone."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = out / f".weights-{dead.pid}-abc_12"
+    (stale / "params_shard_0.bin").parent.mkdir(parents=True)
+    (stale / "params_shard_0.bin").write_bytes(b"half a shard")
+    live = [out / f".weights-{os.getpid()}-xyz", out / f".weights-{os.getppid()}-q1", out / ".weights-k2x9ab"]
+    for folder in live:
+        folder.mkdir()
+    used = []
+    real_finish = tensor_cache.ShardWriter.finish
+    monkeypatch.setattr(tensor_cache.ShardWriter, "finish", lambda self, m: used.append(self.directory.name) or real_finish(self, m))
+    weights.convert(model, model_dir, out, progress=False)
+    assert not stale.exists()
+    assert all(folder.is_dir() for folder in live)
+    assert len(used) == 1 and used[0].startswith(f".weights-{os.getpid()}-")
+    assert sorted(p.name for p in out.glob(".weights-*")) == sorted(p.name for p in live)

@@ -1,22 +1,24 @@
 """Read Hugging Face checkpoints tensor by tensor: safetensors (single or sharded) and pytorch_model.bin.
 
-safetensors files are memory-mapped and their headers checked against the file size before any
-tensor is read, so a truncated or lying file gives an error naming it, never a crash or garbage.
+safetensors files are memory-mapped and their headers checked before any tensor is read: keys are
+unique, shapes and offsets are integers, every tensor lies inside the file and overlaps no other. A
+truncated, lying or crafted file gives an error naming it, never a crash or garbage.
 A .bin file is read only with torch.load(weights_only=True): a pickle that wants to run code is refused.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import mmap
 import os
+import reprlib
 import struct
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 
+from codegen.artifact.tensor_cache import byte_count, first_overlap
 from codegen.errors import CodegenError
 from codegen.files import read_json_object
 
@@ -39,8 +41,17 @@ _SAFETENSORS_DTYPES = {
 }
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 100
+
+
 class CheckpointError(CodegenError):
     """A checkpoint is missing, damaged or does not fit the model; the message names file and tensor."""
+
+
+def shown(value) -> str:
+    """repr(value), cut short: the names and entries of a crafted header can be megabytes long."""
+    return _SHORT.repr(value)
 
 
 class Checkpoint:
@@ -81,34 +92,53 @@ class SafetensorsFile(Checkpoint):
         if header_size > min(size - 8, _MAX_HEADER_BYTES):
             raise CheckpointError(f"{self.path}: header claims {header_size} bytes but the file has {size} (truncated or corrupt)")
         try:
-            header = json.loads(self._file.read(header_size))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            header = json.loads(self._file.read(header_size), object_pairs_hook=self._unique_keys)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits
             raise CheckpointError(f"{self.path}: header is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise CheckpointError(f"{self.path}: header is nested too deeply to be a safetensors header") from None
         if not isinstance(header, dict):
             raise CheckpointError(f"{self.path}: header is not a JSON object")
         header.pop("__metadata__", None)
         self._data_start = 8 + header_size
         data_size = size - self._data_start
-        self._entries = {}
-        for name, entry in header.items():
-            self._entries[name] = self._check_entry(name, entry, data_size)
+        self._entries = {name: self._check_entry(name, entry, data_size) for name, entry in header.items()}
+        overlap = first_overlap((begin, end, name) for name, (_, _, begin, end) in self._entries.items())
+        if overlap:
+            raise CheckpointError(
+                f"{self.path}: tensors {shown(overlap[0])} and {shown(overlap[1])} overlap in the data section;"
+                " the header is corrupt or crafted (re-download or re-save the checkpoint)"
+            )
         self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
 
+    def _unique_keys(self, pairs: list[tuple[str, object]]) -> dict[str, object]:
+        """json's object hook: a key given twice is refused (json.loads would keep the last silently)."""
+        entries = dict(pairs)
+        if len(entries) < len(pairs):
+            seen = set()
+            twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+            raise CheckpointError(
+                f"{self.path}: header has key {shown(twice)} twice; the header is corrupt or crafted"
+                " (re-download or re-save the checkpoint)"
+            )
+        return entries
+
     def _check_entry(self, name: str, entry, data_size: int) -> tuple[np.dtype, tuple[int, ...], int, int]:
-        where = f"{self.path}: tensor {name!r}"
-        try:
-            dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(v) for v in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{where} has a malformed header entry {entry!r}") from None
+        def refuse(what: str) -> CheckpointError:
+            return CheckpointError(f"{self.path}: tensor {shown(name)}{what}")
+
+        problem = _entry_problem(entry)
+        if problem:
+            raise refuse(f" has a malformed header entry {shown(entry)}: {problem}")
+        dtype, shape, (begin, end) = _SAFETENSORS_DTYPES[entry["dtype"]], tuple(entry["shape"]), entry["data_offsets"]
         if any(d < 0 for d in shape):
-            raise CheckpointError(f"{where} has a negative dimension in shape {list(shape)}")
-        expected = math.prod(shape) * dtype.itemsize  # Python ints: a lying shape cannot wrap around
+            raise refuse(f" has a negative dimension in shape {shown(list(shape))}")
         if not 0 <= begin <= end <= data_size:
-            raise CheckpointError(f"{where}: offsets [{begin}, {end}) lie outside the {data_size}-byte data section (truncated?)")
+            raise refuse(f": offsets [{begin}, {end}) lie outside the {data_size}-byte data section (truncated?)")
+        expected = byte_count(shape, dtype.itemsize, data_size)
         if end - begin != expected:
-            raise CheckpointError(f"{where}: {end - begin} bytes do not hold {entry['dtype']}{list(shape)} ({expected} bytes)")
+            needs = f"{expected} bytes" if expected is not None else f"more than the {data_size}-byte data section"
+            raise refuse(f": {end - begin} bytes do not hold {entry['dtype']}{shown(list(shape))} ({needs})")
         return dtype, shape, begin, end
 
     def names(self) -> list[str]:
@@ -126,6 +156,24 @@ class SafetensorsFile(Checkpoint):
             except BufferError:
                 pass  # arrays still view the map (e.g. held by a traceback); it closes when they go
         self._file.close()
+
+
+def _entry_problem(entry) -> str | None:
+    """What is wrong with the form of a header entry, or None."""
+    if not isinstance(entry, dict):
+        return "it is not an object"
+    if not isinstance(entry.get("dtype"), str) or entry["dtype"] not in _SAFETENSORS_DTYPES:
+        return f"dtype must be one of {', '.join(_SAFETENSORS_DTYPES)}"
+    if not _integers(entry.get("shape")):
+        return "shape must be a list of integers"
+    if not _integers(entry.get("data_offsets")) or len(entry["data_offsets"]) != 2:
+        return "data_offsets must be two integers [begin, end]"
+    return None
+
+
+def _integers(value) -> bool:
+    """A JSON list of integers: no floats (64.9 or 64.0), strings or booleans."""
+    return isinstance(value, list) and all(type(v) is int for v in value)
 
 
 class ShardedSafetensors(Checkpoint):
