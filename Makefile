@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 SPEC ?= specs/gpt_bigcode.yaml
 PRESET ?= tiny_starcoder
 TARGET ?= llvm
-DTYPE ?= float32
+# A weight scheme of specs/quantization/schemes.yaml: q0f32 (float32), q0f16, q0bf16, q4f32_1, q8f32_1, ...
+QUANT ?= q0f32
 BUILD ?= build
 # A Hugging Face model folder (config.json, safetensors or .bin, tokenizer.json). Unset: the demo
 # trains a small GPTBigCode on local Python files and uses that.
@@ -23,7 +24,7 @@ SEED ?= 0
 
 DEMO_MODEL := $(BUILD)/demo-model
 RUN_MODEL := $(if $(MODEL_DIR),$(MODEL_DIR),$(DEMO_MODEL))
-ARTIFACT := $(BUILD)/artifact-$(notdir $(basename $(SPEC)))-$(TARGET)-$(DTYPE)
+ARTIFACT := $(BUILD)/artifact-$(notdir $(basename $(SPEC)))-$(TARGET)-$(QUANT)
 
 .PHONY: help setup generate check compile convert run demo test test-quick fuzz bench docs clean
 
@@ -32,7 +33,7 @@ help:
 	@echo "make test        set up and run the whole test suite (what CI runs)"
 	@echo "make test-quick  the tests not marked slow"
 	@echo "make generate    render specs/*.yaml into generated/ ; make check fails when it is stale"
-	@echo "make compile     SPEC=… PRESET=… TARGET=llvm|cuda DTYPE=… -> $(BUILD)/…"
+	@echo "make compile     SPEC=… PRESET=… TARGET=llvm|cuda QUANT=q0f32|q4f32_1|… -> $(BUILD)/…"
 	@echo "make bench       CPU speed of the compiled model against transformers eager"
 	@echo "make fuzz        long spec-fuzzing run"
 
@@ -52,14 +53,14 @@ check: $(STAMP)
 
 compile: $(STAMP)
 	$(CODEGEN) compile --spec $(SPEC) $(if $(MODEL_DIR),--config $(MODEL_DIR)/config.json,--preset $(PRESET)) \
-		--target $(TARGET) --dtype $(DTYPE) --output $(BUILD)/$(notdir $(basename $(SPEC)))-$(TARGET)-$(DTYPE)
+		--target $(TARGET) --quantization $(QUANT) --output $(BUILD)/$(notdir $(basename $(SPEC)))-$(TARGET)-$(QUANT)
 
 $(DEMO_MODEL)/config.json: | $(STAMP)
 	$(PY) -m codegen.demo_checkpoint --output $(DEMO_MODEL)
 
 demo: $(STAMP) generate $(if $(MODEL_DIR),,$(DEMO_MODEL)/config.json)
-	$(CODEGEN) compile --spec $(SPEC) --config $(RUN_MODEL)/config.json --target $(TARGET) --dtype $(DTYPE) --output $(ARTIFACT)
-	$(CODEGEN) convert --spec $(SPEC) --model-dir $(RUN_MODEL) --dtype $(DTYPE) --output $(ARTIFACT)
+	$(CODEGEN) compile --spec $(SPEC) --config $(RUN_MODEL)/config.json --target $(TARGET) --quantization $(QUANT) --output $(ARTIFACT)
+	$(CODEGEN) convert --spec $(SPEC) --model-dir $(RUN_MODEL) --quantization $(QUANT) --output $(ARTIFACT)
 	$(CODEGEN) run --artifact $(ARTIFACT) --tokenizer $(RUN_MODEL) --prompt '$(PROMPT)' --max-new-tokens $(MAX_NEW_TOKENS) \
 		--temperature $(TEMPERATURE) --top-p $(TOP_P) --seed $(SEED)
 

@@ -39,6 +39,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--threads", type=int, default=os.cpu_count() or 1, help="threads for both sides"
     )
     parser.add_argument("--layers", type=int, default=None, help="override the preset's layer count")
+    parser.add_argument(
+        "--quantization", default="q0f32", help="weight scheme of the compiled side (q0f32, q0bf16, q4f32_1, q8f32_1, ...)"
+    )
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--decode-tokens", type=int, default=64)
     parser.add_argument(
@@ -128,16 +131,17 @@ def _save_random_checkpoint(model, preset: str, layers: int | None, model_dir: P
     hf_model.save_pretrained(model_dir)
 
 
-def _build_artifact(model, model_dir: Path, artifact: Path, threads: int) -> float:
+def _build_artifact(model, model_dir: Path, artifact: Path, threads: int, quantization: str) -> float:
     """Compile + convert through the project's own path; returns the compile seconds."""
     from codegen.build.compile import BuildOptions, compile_to_dir
     from codegen.convert.weights import convert
 
     config = model.package.Config.from_file(model_dir / "config.json")
     started = time.perf_counter()
-    compile_to_dir(model, config, BuildOptions(target="llvm", num_threads=threads), artifact)
+    options = BuildOptions(target="llvm", num_threads=threads, quantization=quantization)
+    compile_to_dir(model, config, options, artifact)
     compile_seconds = time.perf_counter() - started
-    convert(model, model_dir, artifact, progress=False)
+    convert(model, model_dir, artifact, quantization=quantization, progress=False)
     return compile_seconds
 
 
@@ -204,10 +208,12 @@ def _decode_bytes(artifact: Path, config) -> int:
     which are gathered one at a time."""
     import numpy as np
 
-    params = json.loads((artifact / "metadata.json").read_text())["params"]
-    total = sum(int(np.prod(p["shape"])) * np.dtype(p["dtype"]).itemsize for p in params)
-    position_rows = getattr(config, "position_table_size", 0)
-    return total - position_rows * config.hidden_size * np.dtype("float32").itemsize
+    from codegen.artifact.tensor_cache import numpy_dtype
+
+    metadata = json.loads((artifact / "metadata.json").read_text())
+    total = sum(int(np.prod(p["shape"])) * numpy_dtype(p["dtype"]).itemsize for p in metadata["params"])
+    position_rows = getattr(config, "position_table_size", 0)  # never quantized: the model's dtype
+    return total - position_rows * config.hidden_size * numpy_dtype(metadata["codegen"]["dtype"]).itemsize
 
 
 def _memory_mb(
@@ -273,7 +279,8 @@ def _report(results: dict) -> str:
     low, high = results["read_bandwidth_range_gbs"]
     layers = f" with {results['layers']} layers" if results["layers"] else ""
     lines = [
-        f"model: {results['spec']} preset {results['preset']}{layers}, float32, {results['threads']} threads,"
+        f"model: {results['spec']} preset {results['preset']}{layers}, compiled {results['quantization']}"
+        f" against eager float32, {results['threads']} threads,"
         f" prompt {results['prompt_tokens']} tokens, decode {results['decode_tokens']} tokens, {results['repeats']} repeats",
         f"compile (llvm): {results['compile_seconds']:.1f} s",
         f"{'':10} {'prefill ms':>11} {'decode ms/token':>16} {'peak RSS MB':>12} {'final RSS MB':>13}",
@@ -307,7 +314,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     model = load_model(args.spec)
     model_dir, artifact = workdir / "hf", workdir / "artifact"
     _save_random_checkpoint(model, args.preset, args.layers, model_dir)
-    compile_seconds = _build_artifact(model, model_dir, artifact, args.threads)
+    compile_seconds = _build_artifact(model, model_dir, artifact, args.threads, args.quantization)
     config = model.package.Config.from_file(model_dir / "config.json")
 
     prompt = _tokens(config.vocab_size, args.prompt_tokens, seed=1)
@@ -328,6 +335,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     results = {
         "spec": model.name,
         "preset": args.preset,
+        "quantization": args.quantization,
         "layers": args.layers,
         "threads": args.threads,
         "repeats": args.repeats,

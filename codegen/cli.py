@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     size.add_argument("--config", type=Path, help="a Hugging Face config.json")
     compile_.add_argument("--target", default="llvm", help="llvm (CPU, default) or cuda")
     compile_.add_argument("--arch", default="sm_80", help="CUDA architecture: sm_80, sm_86, sm_89 or sm_90")
-    compile_.add_argument("--dtype", default="float32", help="float32 (default), float16 or bfloat16")
+    _add_quantization_arguments(compile_)
     compile_.add_argument("--context-window", type=int, default=None, help="override the context window size")
     compile_.add_argument("--prefill-chunk", type=int, default=None, help="override the prefill chunk size")
     compile_.add_argument("--output", type=Path, required=True, help="artifact folder to write")
@@ -84,9 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="convert an HF checkpoint into the artifact's tensor cache")
     _add_model_arguments(convert)
     convert.add_argument("--model-dir", type=Path, required=True, help="HF folder: config.json + safetensors or .bin")
-    convert.add_argument("--dtype", default="float32", help="float32 (default), float16 or bfloat16")
+    _add_quantization_arguments(convert)
     convert.add_argument("--output", type=Path, required=True, help="artifact folder to write the weights into")
     convert.add_argument("--quiet", action="store_true", help="no progress bar")
+    convert.add_argument(
+        "--allow-non-finite", action="store_true", help="convert tensors with NaN, infinity or values that overflow the model's dtype"
+    )
     convert.set_defaults(handler=_convert)
 
     run = commands.add_parser("run", help="generate text from a compiled, converted artifact")
@@ -104,6 +107,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec", required=True, help="spec path (specs/gpt_bigcode.yaml) or generated name")
+
+
+def _add_quantization_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quantization",
+        default=None,
+        metavar="NAME",
+        help="weight scheme of specs/quantization/schemes.yaml: q0f32 (default), q0f16, q0bf16, q4f16_1, q4f32_1,"
+        " q4f16_2, q8f16_1, q8f32_1; compile and convert must use the same one",
+    )
+    parser.add_argument("--dtype", default=None, help="float32, float16 or bfloat16: the same as q0f32, q0f16, q0bf16")
 
 
 def _generate(args) -> int:
@@ -148,7 +162,7 @@ def _compile(args) -> int:
     from codegen.files import read_json_object
     from codegen.models import load_model
 
-    options = BuildOptions(target=args.target, dtype=args.dtype, cuda_arch=args.arch)
+    options = BuildOptions(target=args.target, dtype=args.dtype, cuda_arch=args.arch, quantization=args.quantization)
     model = load_model(args.spec)
     overrides = {}
     if args.context_window:
@@ -159,7 +173,7 @@ def _compile(args) -> int:
         config = model.config(preset=args.preset, **overrides)
     else:
         config = model.config(hf_config=read_json_object(args.config), **overrides)
-    print(f"compiling {model.name} for {args.target} ({args.dtype}) into {args.output} ...", flush=True)
+    print(f"compiling {model.name} for {args.target} ({options.quantization}) into {args.output} ...", flush=True)
     fields = compile_to_dir(model, config, options, args.output)
     print(f"wrote {args.output}/model.so in {fields['codegen']['compile_seconds']} s")
     return 0
@@ -170,7 +184,15 @@ def _convert(args) -> int:
     from codegen.convert.weights import convert
 
     model = load_model(args.spec)
-    result = convert(model, args.model_dir, args.output, dtype=args.dtype, progress=not args.quiet)
+    result = convert(
+        model,
+        args.model_dir,
+        args.output,
+        dtype=args.dtype,
+        quantization=args.quantization,
+        progress=not args.quiet,
+        allow_non_finite=args.allow_non_finite,
+    )
     shards = result["index"]["records"]
     count = sum(len(shard["records"]) for shard in shards)
     print(f"wrote {count} tensors in {len(shards)} shards to {args.output}")

@@ -18,6 +18,7 @@ from codegen import paths
 from codegen.errors import CodegenError
 from codegen.spec import load_spec
 from codegen.spec.document import brief
+from codegen.spec.quantization import Scheme
 
 _PACKAGE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")  # the schema's pattern and length for spec names
 _HASH_LINE = re.compile(r"^# spec-sha256: ([0-9a-f]{64})$", re.MULTILINE)
@@ -52,6 +53,25 @@ class GeneratedModel:
             return self.package.Config.from_dict(hf_config, **overrides)
         except self.package.ConfigError as exc:
             raise ModelConfigError(f"{self.name}: {exc}") from None
+
+    def causal_lm(self, config, scheme: Scheme):
+        """The generated ForCausalLM for config, with its weights stored as the scheme says."""
+        if scheme.quantized:
+            quantization = self.package.GroupQuantization(
+                name=scheme.name,
+                bits=scheme.bits,
+                group_size=scheme.group_size,
+                scale_dtype=scheme.scale_dtype,
+                quantize_embedding="embedding" not in scheme.keep,
+                quantize_lm_head="lm_head" not in scheme.keep,
+            )
+            config = dataclasses.replace(config, quantization=quantization)
+        try:
+            module = self.package.ForCausalLM(config)
+        except self.package.ConfigError as exc:
+            raise ModelConfigError(f"{self.name}: {exc}") from None
+        module.to(scheme.model_dtype)
+        return module
 
 
 def available() -> list[str]:

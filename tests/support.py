@@ -68,6 +68,7 @@ class ArtifactFactory:
         dtype: str = "float32",
         target: str = "llvm",
         cuda_arch: str | None = None,
+        quantization: str | None = None,
         **overrides: Any,
     ) -> Path:
         from codegen.build.compile import BuildOptions, compile_to_dir
@@ -75,15 +76,20 @@ class ArtifactFactory:
         from codegen.convert.weights import convert
 
         config_text = (Path(model_dir) / "config.json").read_text()
-        key_source = json.dumps([spec, config_text, str(model_dir), dtype, target, cuda_arch, overrides], sort_keys=True)
+        key_source = json.dumps([spec, config_text, str(model_dir), dtype, target, cuda_arch, quantization, overrides], sort_keys=True)
         key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
         if key not in self._built:
             output = self.root / f"{Path(spec).stem}-{key}"
             model = load_model(spec)
             config = model.package.Config.from_dict(json.loads(config_text), **overrides)
-            options = BuildOptions(target=target, dtype=dtype, **({"cuda_arch": cuda_arch} if cuda_arch else {}))
+            options = BuildOptions(
+                target=target,
+                dtype=None if quantization else dtype,
+                quantization=quantization,
+                **({"cuda_arch": cuda_arch} if cuda_arch else {}),
+            )
             compile_to_dir(model, config, options, output)
-            convert(model, model_dir, output, dtype=dtype, progress=False)
+            convert(model, model_dir, output, quantization=options.quantization, progress=False)
             self._built[key] = output
         return self._built[key]
 

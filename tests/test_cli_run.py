@@ -260,7 +260,7 @@ def test_chat_config_prefers_generation_config_and_copies_present_tokenizer_file
         (model_dir / name).write_text(name)
     config = load_model("gpt_bigcode").package.Config.from_dict(hf_config)
 
-    fields = chat_config.write(model_dir, output, config, "float16")
+    fields = chat_config.write(model_dir, output, config, "q0f16")
 
     assert fields["tokenizer_files"] == ["vocab.json", "merges.txt"]
     assert (output / "merges.txt").read_text() == "merges.txt"
@@ -285,7 +285,7 @@ def test_chat_config_refuses_a_tokenizer_file_linked_from_outside(tmp_path):
     config = load_model("gpt_bigcode").package.Config.from_dict(hf_config)
 
     with pytest.raises(chat_config.ChatConfigError, match="outside"):
-        chat_config.write(model_dir, output, config, "float32")
+        chat_config.write(model_dir, output, config, "q0f32")
     assert not (output / "tokenizer.json").exists()
 
 

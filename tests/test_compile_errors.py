@@ -12,7 +12,9 @@ import pytest
 
 from codegen.build import compile as compile_module
 from codegen.cli import main
-from codegen.build.compile import CUDA_ARCHS, DTYPES, TARGETS, BuildOptions, CompileError
+from codegen.build.compile import CUDA_ARCHS, TARGETS, BuildOptions, CompileError
+from codegen.errors import CodegenError
+from codegen.spec.quantization import DTYPES, UnknownScheme
 from tests.support import REPO_ROOT
 
 SPEC = "specs/gpt_bigcode.yaml"
@@ -53,7 +55,7 @@ CASES = [
 
 @pytest.mark.parametrize("options, message", CASES)
 def test_bad_options_raise_before_any_work(options, message, no_work):
-    with pytest.raises(CompileError) as info:
+    with pytest.raises(CodegenError) as info:
         BuildOptions(**options)
     assert str(info.value).startswith(message)
 
@@ -62,7 +64,7 @@ def test_the_error_lists_every_allowed_value():
     with pytest.raises(CompileError) as info:
         BuildOptions(target="metal")
     assert all(t in str(info.value) for t in TARGETS)
-    with pytest.raises(CompileError) as info:
+    with pytest.raises(UnknownScheme) as info:
         BuildOptions(dtype="float8")
     assert all(d in str(info.value) for d in DTYPES)
     with pytest.raises(CompileError) as info:
@@ -86,7 +88,7 @@ def test_cuda_without_nvcc_on_path(monkeypatch, tmp_path, no_work):
 @pytest.mark.parametrize("options, message", CASES[:7])
 def test_compile_to_dir_creates_nothing(options, message, tmp_path, no_work):
     output = tmp_path / "out" / "artifact"
-    with pytest.raises(CompileError, match=message.split(";")[0].replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(CodegenError, match=message.split(";")[0].replace("(", r"\(").replace(")", r"\)")):
         compile_module.compile_to_dir(None, None, BuildOptions(**options), output)
     assert not (tmp_path / "out").exists()
     assert list(tmp_path.iterdir()) == []

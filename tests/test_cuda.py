@@ -65,6 +65,25 @@ def test_wide_float16_model_compiles(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def _quantizable_config(model):
+    """Widths that groups of 32 divide (the tiny presets are 8 wide per head)."""
+    return model.config(hf_config={"model_type": "gpt_bigcode", "n_embd": 64, "n_head": 4, "n_layer": 2, "vocab_size": 128, "n_positions": 64})
+
+
+@pytest.mark.parametrize(
+    "quantization,arch",
+    # every scheme once, every arch once
+    [("q4f16_1", "sm_80"), ("q4f32_1", "sm_86"), ("q4f16_2", "sm_89"), ("q8f16_1", "sm_90"), ("q8f32_1", "sm_90")],
+)
+def test_quantized_schemes_cross_compile_for_cuda(quantization, arch):
+    """The fused dequantize-matmul kernels get GPU schedules (an unscheduled one fails to build)."""
+    model = load_model("gpt_bigcode")
+    executable, fields = build(model, _quantizable_config(model), BuildOptions(target="cuda", quantization=quantization, cuda_arch=arch))
+    assert set(MODEL_FUNCTIONS) | {"_metadata"} <= set(vm_functions(executable))
+    assert fields["quantization"] == quantization
+    assert any(p["dtype"] == "uint32" and p["name"].endswith(".q_weight") for p in fields["params"])
+
+
 def test_cse_workaround_is_still_needed(monkeypatch):
     """Fails once TVM compiles the CUDA KV cache with CSE on: then drop pass_config's workaround."""
     model, config = tiny_config(REPO_ROOT / "specs" / "gpt_bigcode.yaml")

@@ -1,4 +1,4 @@
-"""The artifact folder's contract: file names, metadata fields and quantization names.
+"""The artifact folder's contract: file names, metadata fields and limits.
 
 `codegen compile` writes the library and its metadata, `codegen convert` the weights and the chat
 config, and the runtime reads them all; each of the three takes these names from here. The folder
@@ -16,8 +16,6 @@ METADATA_NAME = "metadata.json"
 CHAT_CONFIG_NAME = "mlc-chat-config.json"
 # Relax functions every model library exports (MLC LLM's names), besides `_metadata`.
 MODEL_FUNCTIONS = ("embed", "prefill", "decode", "batch_prefill", "batch_decode", "batch_verify", "create_paged_kv_cache")
-# MLC LLM's names for unquantised weights of each dtype.
-QUANTIZATIONS = {"float32": "q0f32", "float16": "q0f16", "bfloat16": "q0bf16"}
 # The most sequences the runtime's KV cache holds at once, as `_metadata` announces it.
 MAX_BATCH_SIZE = 80
 

@@ -15,21 +15,14 @@ import tvm
 from tvm import relax
 from tvm.target import Target
 
-from codegen.artifact.contract import (
-    LIBRARY_NAME,
-    MAX_BATCH_SIZE,
-    METADATA_NAME,
-    MODEL_FUNCTIONS,
-    QUANTIZATIONS,
-    engine_limits,
-)
+from codegen.artifact.contract import LIBRARY_NAME, MAX_BATCH_SIZE, METADATA_NAME, MODEL_FUNCTIONS, engine_limits
 from codegen.build import pipeline
 from codegen.errors import CodegenError
 from codegen.files import staging_dir
 from codegen.models import GeneratedModel
+from codegen.spec import quantization
 
 TARGETS = ("llvm", "cuda")
-DTYPES = tuple(QUANTIZATIONS)
 CUDA_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
 
 
@@ -39,22 +32,31 @@ class CompileError(CodegenError):
 
 @dataclasses.dataclass(frozen=True)
 class BuildOptions:
+    """How to build. ``quantization`` names a scheme of specs/quantization/schemes.yaml; ``dtype``
+    alone stands for its unquantized scheme (float16 = q0f16). Either way both end up set."""
+
     target: str = "llvm"
-    dtype: str = "float32"
+    dtype: str | None = None
     cuda_arch: str = "sm_80"
     num_threads: int | None = None  # llvm only; None = all cores of this machine
+    quantization: str | None = None
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise CompileError(f"unknown target {self.target!r}; choose one of: {', '.join(TARGETS)}")
-        if self.dtype not in DTYPES:
-            raise CompileError(f"unknown dtype {self.dtype!r}; choose one of: {', '.join(DTYPES)}")
+        scheme = quantization.resolve(self.quantization, self.dtype)
+        object.__setattr__(self, "quantization", scheme.name)
+        object.__setattr__(self, "dtype", scheme.model_dtype)
         if self.cuda_arch not in CUDA_ARCHS:
             raise CompileError(f"unknown CUDA arch {self.cuda_arch!r}; choose one of: {', '.join(CUDA_ARCHS)}")
         if self.num_threads is not None and (isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int) or self.num_threads < 1):
             raise CompileError(f"num_threads must be a positive integer or None, got {self.num_threads!r}")
         if self.target == "cuda" and shutil.which("nvcc") is None:
             raise CompileError("target cuda needs nvcc on PATH (the CUDA toolkit); install it or use --target llvm")
+
+    @property
+    def scheme(self) -> quantization.Scheme:
+        return quantization.scheme(self.quantization)
 
     def tvm_target(self) -> Target:
         if self.target == "cuda":
@@ -72,8 +74,7 @@ def _host_target(num_threads: int | None = None) -> Target:
 
 def export(model: GeneratedModel, config: Any, options: BuildOptions) -> tuple[tvm.IRModule, list[tuple[str, Any]]]:
     """Export the generated nn.Module to a Relax IRModule plus its named parameter specs."""
-    module = model.package.ForCausalLM(config)
-    module.to(options.dtype)
+    module = model.causal_lm(config, options.scheme)
     with options.tvm_target():
         ir_module, named_params, _ = module.export_tvm(spec=module.get_default_spec(), allow_extern=True)
     return ir_module, named_params
@@ -83,7 +84,7 @@ def metadata(model: GeneratedModel, config: Any, options: BuildOptions, named_pa
     """The MLC LLM `_metadata` fields, plus what our runtime needs to check an artifact."""
     return {
         "model_type": model.name,
-        "quantization": QUANTIZATIONS[options.dtype],
+        "quantization": options.quantization,
         **engine_limits(config),
         "disaggregation": False,
         "kv_state_kind": "kv_cache",
@@ -104,6 +105,7 @@ def metadata(model: GeneratedModel, config: Any, options: BuildOptions, named_pa
             "architecture": model.name,
             "config": config.to_dict(),
             "dtype": options.dtype,
+            "quantization": options.quantization,
             "target": options.target,
             "cuda_arch": options.cuda_arch if options.target == "cuda" else None,
             "vocab_size": config.vocab_size,

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from codegen.artifact.contract import CHAT_CONFIG_NAME, QUANTIZATIONS, engine_limits
+from codegen.artifact.contract import CHAT_CONFIG_NAME, engine_limits
 from codegen.errors import CodegenError
 from codegen.files import read_json_object, write_atomic
 
@@ -38,7 +38,7 @@ class ChatConfigError(CodegenError):
     """A file of the model folder cannot go into the artifact; says which and why."""
 
 
-def write(model_dir: Path, output: Path, config: Any, dtype: str) -> dict[str, Any]:
+def write(model_dir: Path, output: Path, config: Any, quantization: str) -> dict[str, Any]:
     """Copy the tokenizer files of model_dir into output and write its mlc-chat-config.json there."""
     model_dir, output = Path(model_dir), Path(output)
     hf_config = read_json_object(model_dir / "config.json", ChatConfigError)
@@ -48,7 +48,7 @@ def write(model_dir: Path, output: Path, config: Any, dtype: str) -> dict[str, A
         else {}
     )
     copied = [name for name in TOKENIZER_FILES if _copy_if_present(model_dir, name, output)]
-    chat_config = chat_config_fields(hf_config, generation, config, dtype, copied)
+    chat_config = chat_config_fields(hf_config, generation, config, quantization, copied)
     write_atomic(
         output / CHAT_CONFIG_NAME, json.dumps(chat_config, indent=2, sort_keys=True) + "\n"
     )
@@ -56,7 +56,7 @@ def write(model_dir: Path, output: Path, config: Any, dtype: str) -> dict[str, A
 
 
 def chat_config_fields(
-    hf_config: dict, generation: dict, config: Any, dtype: str, tokenizer_files: list[str]
+    hf_config: dict, generation: dict, config: Any, quantization: str, tokenizer_files: list[str]
 ) -> dict[str, Any]:
     # generation_config.json is what transformers' generate() reads, so it wins over config.json.
     def token_id(key: str):
@@ -66,7 +66,7 @@ def chat_config_fields(
     fields: dict[str, Any] = {
         "version": CHAT_CONFIG_VERSION,
         "model_type": hf_config.get("model_type"),
-        "quantization": QUANTIZATIONS[dtype],
+        "quantization": quantization,
         "model_config": hf_config,
         "vocab_size": config.vocab_size,
         **engine_limits(config),

@@ -1,20 +1,37 @@
-"""Convert a Hugging Face checkpoint into the tensor cache, through the generated weight map."""
+"""Convert a Hugging Face checkpoint into the tensor cache, through the generated weight map.
+
+Cheap checks come before heavy work: the checkpoint's tensor count and names against the config
+before the model is built, each tensor's values right after its cast.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import heapq
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
+import ml_dtypes
 import numpy as np
 
 from codegen.artifact import tensor_cache
 from codegen.convert import chat_config
-from codegen.convert.checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from codegen.convert.checkpoint import Checkpoint, CheckpointError, open_checkpoint, shown
 from codegen.files import read_json_object, staging_dir
+from codegen.convert.quantize import quantize
 from codegen.models import GeneratedModel
+from codegen.spec.quantization import Scheme
+from codegen.spec.quantization import resolve as resolve_scheme
 
 __all__ = ["CheckpointError", "convert", "apply_transforms"]
+
+STAGING_PREFIX = ".weights-"
+_STAGING_NAME = re.compile(rf"{re.escape(STAGING_PREFIX)}(\d{{1,9}})-[^-]*")  # + the PID + mkdtemp's suffix
+_COUNT_ONLY_BEYOND = 2  # a config needing more than twice the checkpoint's tensors is refused by count
+_SHOWN_NAMES = 5  # an error lists this many tensor names and a count, not 200,000 names
 
 
 def apply_transforms(array: np.ndarray, transforms: tuple[str, ...], config: Any) -> np.ndarray:
@@ -31,44 +48,128 @@ def apply_transforms(array: np.ndarray, transforms: tuple[str, ...], config: Any
     return array
 
 
-def parameter_specs(model: GeneratedModel, config: Any, dtype: str) -> dict[str, tuple[tuple[int, ...], str]]:
+def parameter_specs(model: GeneratedModel, config: Any, scheme: Scheme) -> dict[str, tuple[tuple[int, ...], str]]:
     """Parameter name -> (shape, dtype) exactly as the exported model declares them."""
-    module = model.package.ForCausalLM(config)
-    module.to(dtype)
-    return {name: (tuple(int(d) for d in p.shape), p.dtype) for name, p in module.named_parameters()}
+    module = model.causal_lm(config, scheme)
+    return {name: (tuple(int(d) for d in p.shape), str(p.dtype)) for name, p in module.named_parameters()}
+
+
+def _float_shape(specs: dict[str, Any], name: str, pair: tuple[str, str] | None, scheme: Scheme) -> tuple[int, ...]:
+    """The shape the checkpoint's tensor must have: the parameter's, or the one its codes pack."""
+    if pair is None:
+        return specs[name][0]
+    rows, words = specs[pair[0]][0]
+    return (rows, words * scheme.codes_per_word)
+
+
+def _quantized_pair(name: str, specs: dict[str, Any]) -> tuple[str, str] | None:
+    """(q_weight, q_scale) names that stand for the float parameter `name` in a quantized model."""
+    if not name.endswith(".weight"):
+        return None
+    stem = name[: -len("weight")]
+    pair = (stem + "q_weight", stem + "q_scale")
+    return pair if pair[0] in specs else None
 
 
 def _mapped_tensors(
-    model: GeneratedModel, config: Any, checkpoint: Checkpoint, dtype: str
-) -> Iterator[tuple[str, np.ndarray, str]]:
-    specs = parameter_specs(model, config, dtype)
-    sources = model.package.weight_map(config)
-    if set(sources) != set(specs):  # a template bug, never the user's input
-        raise AssertionError(f"generated weight map and model disagree on {sorted(set(sources) ^ set(specs))}")
-    needed = {name for source in sources.values() for name in source.hf_names}
-    ignored = model.package.ignored_tensors(config)
-    stored_as = _stored_names(checkpoint.names(), needed | ignored, model.package.BACKBONE_PREFIX)
+    model: GeneratedModel, config: Any, checkpoint: Checkpoint, scheme: Scheme, allow_non_finite: bool
+) -> tuple[int, Iterator[tuple[str, np.ndarray, str]]]:
+    """Check the checkpoint's names against the model (before the model is built), then yield each
+    parameter lazily, cast to the model's dtype and checked, or quantized: (count, tensors)."""
+    dtype = scheme.model_dtype
+    target = tensor_cache.numpy_dtype(dtype)
+    sources, stored_as = _match(model, config, checkpoint)
+    specs = parameter_specs(model, config, scheme)
+    pairs = {name: _quantized_pair(name, specs) for name in sources}
+    declared = {stored for name, pair in pairs.items() for stored in (pair or (name,))}
+    if declared != set(specs):  # a template bug, never the user's input
+        raise AssertionError(f"generated weight map and model disagree on {sorted(declared ^ set(specs))}")
+
+    def tensors() -> Iterator[tuple[str, np.ndarray, str]]:
+        for name, source in sources.items():
+            parts = [
+                apply_transforms(_float_tensor(checkpoint, stored_as[hf_name]), source.transforms, config)
+                for hf_name in source.hf_names
+            ]
+            array = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+            shape = _float_shape(specs, name, pairs[name], scheme)
+            names = " + ".join(source.hf_names)
+            if tuple(array.shape) != shape:
+                raise CheckpointError(f"{names}: shape {list(array.shape)} does not fit parameter {name} {list(shape)}")
+            where = f"{checkpoint.location}: tensor {' + '.join(map(shown, source.hf_names))}"
+            if pairs[name] is None:
+                yield name, _cast(array, target, dtype, where, allow_non_finite), dtype
+                continue
+            q_weight, q_scale = quantize(_cast(array, np.dtype("float32"), "float32", where, allow_non_finite), scheme)
+            yield pairs[name][0], q_weight, specs[pairs[name][0]][1]
+            yield pairs[name][1], q_scale, specs[pairs[name][1]][1]
+
+    return len(specs), tensors()
+
+
+def _match(model: GeneratedModel, config: Any, checkpoint: Checkpoint) -> tuple[dict[str, Any], dict[str, str]]:
+    """The weight map and, per HF name it needs, the checkpoint's name; refuses missing or unknown
+    tensors. The count comes first, from one- and two-layer weight maps: a config.json that needs far
+    more tensors than the checkpoint holds (100,000 layers) is refused at once, before a weight map
+    that large is built; a near miss gets the names compared and listed."""
+    package, names = model.package, checkpoint.names()
+    needed_count = _needed_count(package, config)
+    if needed_count > _COUNT_ONLY_BEYOND * len(names) + 100:
+        raise CheckpointError(
+            f"checkpoint {checkpoint.location} holds {len(names):,} tensors, but {model.name} with this"
+            f" config.json ({config.num_hidden_layers:,} layers) needs {needed_count:,}:"
+            " the config.json does not describe this checkpoint"
+        )
+    sources = package.weight_map(config)
+    needed = _hf_names(sources)
+    ignored = package.ignored_tensors(config)
+    stored_as = _stored_names(names, needed | ignored, package.BACKBONE_PREFIX)
     available = set(stored_as)
-    missing = sorted(needed - available)
-    unexpected = sorted(available - needed - ignored)
+    missing, unexpected = needed - available, available - needed - ignored
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint {checkpoint.location} does not match {model.name} for this config.json:"
-            + (f"\n  missing tensors: {', '.join(missing)}" if missing else "")
-            + (f"\n  unexpected tensors: {', '.join(unexpected)}" if unexpected else "")
+            + (f"\n  missing {_some(missing)}" if missing else "")
+            + (f"\n  unexpected {_some(unexpected)}" if unexpected else "")
         )
-    target_dtype = tensor_cache.numpy_dtype(dtype)
-    for name, source in sources.items():
-        parts = [
-            apply_transforms(_float_tensor(checkpoint, stored_as[hf_name]), source.transforms, config)
-            for hf_name in source.hf_names
-        ]
-        array = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-        shape, _ = specs[name]
-        if tuple(array.shape) != shape:
-            names = " + ".join(source.hf_names)
-            raise CheckpointError(f"{names}: shape {list(array.shape)} does not fit parameter {name} {list(shape)}")
-        yield name, array.astype(target_dtype), dtype
+    return sources, stored_as
+
+
+def _needed_count(package: Any, config: Any) -> int:
+    """How many HF tensors the weight map needs for config: it grows by the same count per layer."""
+    one, two = (len(_hf_names(package.weight_map(dataclasses.replace(config, num_hidden_layers=n)))) for n in (1, 2))
+    return one + (two - one) * (config.num_hidden_layers - 1)
+
+
+def _hf_names(sources: dict[str, Any]) -> set[str]:
+    return {name for source in sources.values() for name in source.hf_names}
+
+
+def _some(names: set[str]) -> str:
+    """"2 tensors: 'a', 'b'" or "199,995 tensors, e.g. " and the first five by name."""
+    first = heapq.nsmallest(_SHOWN_NAMES, names)
+    noun = "tensor" if len(names) == 1 else "tensors"
+    return f"{len(names):,} {noun}{', e.g. ' if len(names) > len(first) else ': '}{', '.join(map(shown, first))}"
+
+
+def _cast(array: np.ndarray, target: np.dtype, dtype: str, where: str, allow_non_finite: bool) -> np.ndarray:
+    """array as target; refuses NaN and infinity, and finite values that the cast turns into infinity."""
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, with the tensor's name
+        cast = array.astype(target)
+    if allow_non_finite or np.isfinite(cast).all():
+        return cast
+    bad = array.size - np.count_nonzero(np.isfinite(array))
+    if bad:
+        raise CheckpointError(
+            f"{where} has {bad:,} NaN or infinite values (of {array.size:,}): the model would compute garbage;"
+            " use an undamaged checkpoint, or --allow-non-finite (allow_non_finite=True) to convert it anyway"
+        )
+    overflowed = cast.size - np.count_nonzero(np.isfinite(cast))
+    raise CheckpointError(
+        f"{where} has {overflowed:,} values (of {array.size:,}) beyond the range of {dtype}"
+        f" (largest {float(ml_dtypes.finfo(target).max):g}): convert with a wider --dtype (float32, bfloat16),"
+        " or --allow-non-finite (allow_non_finite=True) to store them as infinity"
+    )
 
 
 def _stored_names(names: list[str], known: set[str], backbone_prefix: str) -> dict[str, str]:
@@ -108,24 +209,37 @@ def convert(
     model: GeneratedModel,
     model_dir: Path,
     output: Path,
-    dtype: str = "float32",
+    dtype: str | None = None,
     progress: bool = True,
+    allow_non_finite: bool = False,
+    quantization: str | None = None,
 ) -> dict[str, Any]:
-    """Write the tensor cache for model_dir into output (temporary folder first, renamed when complete)."""
+    """Write the tensor cache for model_dir into output (temporary folder first, renamed when complete).
+
+    ``quantization`` names the weight scheme (``dtype`` alone: its unquantized one), which must be
+    the one the library was compiled with. Every tensor is refused when it holds NaN or infinity, or
+    values that overflow the model's dtype, unless allow_non_finite."""
+    scheme = resolve_scheme(quantization, dtype)
     model_dir, output = Path(model_dir), Path(output)
     config = _read_config(model, model_dir)
     checkpoint = open_checkpoint(model_dir)
     try:
-        with staging_dir(output, prefix=".weights-") as staging:
-            tensors = _mapped_tensors(model, config, checkpoint, dtype)
-            if progress:
-                tensors = _with_progress(tensors, len(model.package.weight_map(config)))
-            metadata = {"architecture": model.name, "dtype": dtype, "source": str(model_dir)}
+        count, tensors = _mapped_tensors(model, config, checkpoint, scheme, allow_non_finite)
+        if progress:
+            tensors = _with_progress(tensors, count)
+        _remove_stale_staging(output)
+        with staging_dir(output, prefix=f"{STAGING_PREFIX}{os.getpid()}-") as staging:
+            metadata = {
+                "architecture": model.name,
+                "dtype": scheme.model_dtype,
+                "quantization": scheme.name,
+                "source": str(model_dir),
+            }
             tensor_cache.write(tensors, staging, metadata)
             _replace_weights(staging, output)
     finally:
         checkpoint.close()
-    chat_config.write(model_dir, output, config, dtype)
+    chat_config.write(model_dir, output, config, scheme.name)
     return {"config": config, "index": tensor_cache.read_index(output)}
 
 
@@ -133,6 +247,26 @@ def _with_progress(tensors, total: int):
     from tqdm import tqdm
 
     return tqdm(tensors, total=total, unit="tensor", desc="convert", leave=False)
+
+
+def _remove_stale_staging(output: Path) -> None:
+    """Remove the staging folders of converts that were killed. The name holds the creator's PID, and
+    a folder goes only once that process is gone: unlike an age limit, this never touches a slow live
+    convert's folder (a reused PID merely delays the cleanup)."""
+    for folder in output.glob(f"{STAGING_PREFIX}*") if output.is_dir() else ():
+        match = _STAGING_NAME.fullmatch(folder.name)
+        if match and folder.is_dir() and not folder.is_symlink() and not _alive(int(match[1])):
+            shutil.rmtree(folder, ignore_errors=True)  # another convert may be removing it at the same time
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    return True
 
 
 def _replace_weights(staging: Path, output: Path) -> None:

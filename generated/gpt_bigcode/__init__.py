@@ -5,6 +5,7 @@
 from .model import (
     ARCHITECTURE,
     ConfigError,
+    GroupQuantization,
     GPTBigCodeConfig as Config,
     GPTBigCodeForCausalLM as ForCausalLM,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ForCausalLM",
+    "GroupQuantization",
     "PRESETS",
     "WeightSource",
     "ignored_tensors",

@@ -5,6 +5,7 @@
 from .model import (
     ARCHITECTURE,
     ConfigError,
+    GroupQuantization,
     GPTBigCodeMHAConfig as Config,
     GPTBigCodeMHAForCausalLM as ForCausalLM,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ForCausalLM",
+    "GroupQuantization",
     "PRESETS",
     "WeightSource",
     "ignored_tensors",

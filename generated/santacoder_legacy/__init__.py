@@ -5,6 +5,7 @@
 from .model import (
     ARCHITECTURE,
     ConfigError,
+    GroupQuantization,
     SantaCoderLegacyConfig as Config,
     SantaCoderLegacyForCausalLM as ForCausalLM,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ForCausalLM",
+    "GroupQuantization",
     "PRESETS",
     "WeightSource",
     "ignored_tensors",

@@ -5,6 +5,7 @@
 from .model import (
     ARCHITECTURE,
     ConfigError,
+    GroupQuantization,
     Starcoder2Config as Config,
     Starcoder2ForCausalLM as ForCausalLM,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ForCausalLM",
+    "GroupQuantization",
     "PRESETS",
     "WeightSource",
     "ignored_tensors",

@@ -97,6 +97,165 @@ def _activation_name(hf_name: str, key: str, names: Mapping[str, str]) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class GroupQuantization:
+    """Weight-only group quantization of the weight matrices (a scheme of specs/quantization/).
+
+    Each run of ``group_size`` weights along the input dimension K shares one scale; a weight w is
+    stored as the unsigned code round(w / scale) + max_code, ``bits`` wide, packed along K into
+    uint32 words (code j of a word at bits [j * bits, (j + 1) * bits)), and read back as
+    (code - max_code) * scale.
+    """
+
+    name: str
+    bits: int
+    group_size: int
+    scale_dtype: str
+    quantize_embedding: bool
+    quantize_lm_head: bool
+
+    @property
+    def codes_per_word(self) -> int:
+        return 32 // self.bits
+
+    @property
+    def max_code(self) -> int:
+        return 2 ** (self.bits - 1) - 1
+
+    def packed_shapes(self, rows: int, k: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Shapes of (q_weight, q_scale) for a [rows, k] weight."""
+        if k % self.group_size or k % self.codes_per_word:
+            raise ConfigError(
+                f"{self.name}: a weight with {k} inputs cannot be quantized in groups of {self.group_size}"
+            )
+        return (rows, k // self.codes_per_word), (rows, k // self.group_size)
+
+
+def _dequantize(
+    q_weight: te.Tensor,
+    q_scale: te.Tensor,
+    quantization: GroupQuantization,
+    k: int,
+    dtype: str,
+    rows=None,
+) -> te.Tensor:
+    """The [rows, k] weight in ``dtype``; ``rows`` (token ids) picks rows of the table, else all of them."""
+    per_word, bits = quantization.codes_per_word, quantization.bits
+    mask = tirx.const((1 << bits) - 1, "uint32")
+
+    def weight(row, col):
+        stored = rows[row] if rows is not None else row
+        shift = ((col % per_word) * bits).astype("uint32")
+        code = (q_weight[stored, col // per_word] >> shift) & mask
+        scale = q_scale[stored, col // quantization.group_size].astype(dtype)
+        return (code.astype(dtype) - tirx.const(quantization.max_code, dtype)) * scale
+
+    count = rows.shape[0] if rows is not None else q_weight.shape[0]
+    return te.compute((count, k), weight, name="dequantize")
+
+
+def _dequantize_matmul(
+    x: te.Tensor, q_weight: te.Tensor, q_scale: te.Tensor, quantization: GroupQuantization
+) -> te.Tensor:
+    """x @ dequantize(q_weight, q_scale)^T in one kernel: the weight is unpacked where it is read."""
+    *batch, k = x.shape
+    weight = _dequantize(q_weight, q_scale, quantization, int(k), x.dtype)
+    reduce = te.reduce_axis((0, k), name="k")
+    return te.compute(
+        (*batch, q_weight.shape[0]),
+        lambda *index: te.sum(x[(*index[:-1], reduce)] * weight[index[-1], reduce], axis=reduce),
+        name="matmul",
+    )
+
+
+def _quantized_matmul(
+    x: Tensor, q_weight: nn.Parameter, q_scale: nn.Parameter, quantization: GroupQuantization
+) -> Tensor:
+    def matmul(x: te.Tensor, q_weight: te.Tensor, q_scale: te.Tensor) -> te.Tensor:
+        return _dequantize_matmul(x, q_weight, q_scale, quantization)
+
+    return op.tensor_expr_op(matmul, "dequantize_matmul", [x, q_weight, q_scale])
+
+
+class QuantizedLinear(nn.Module):
+    """nn.Linear with a group-quantized weight: y = x @ dequantize(q_weight, q_scale)^T + bias."""
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool, quantization: GroupQuantization
+    ):
+        super().__init__()
+        self.quantization = quantization
+        weight_shape, scale_shape = quantization.packed_shapes(out_features, in_features)
+        self.q_weight = nn.Parameter(weight_shape, "uint32")
+        self.q_scale = nn.Parameter(scale_shape, quantization.scale_dtype)
+        self.bias = nn.Parameter((out_features,)) if bias else None
+
+    def to(self, dtype: str | None = None) -> None:
+        # Codes and scales keep their stored types; only the bias follows the model's dtype.
+        if self.bias is not None:
+            self.bias.to(dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = _quantized_matmul(x, self.q_weight, self.q_scale, self.quantization)
+        return y + self.bias if self.bias is not None else y
+
+
+class QuantizedEmbedding(nn.Module):
+    """nn.Embedding with a group-quantized table; as a tied LM head it multiplies by the same codes."""
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        quantization: GroupQuantization,
+        dtype: str = "float32",
+    ):
+        super().__init__()
+        self.quantization = quantization
+        self.embedding_dim = embedding_dim
+        self.dtype = dtype
+        weight_shape, scale_shape = quantization.packed_shapes(num_embeddings, embedding_dim)
+        self.q_weight = nn.Parameter(weight_shape, "uint32")
+        self.q_scale = nn.Parameter(scale_shape, quantization.scale_dtype)
+
+    def to(self, dtype: str | None = None) -> None:
+        if dtype is not None:
+            self.dtype = dtype
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        def lookup(ids: te.Tensor, q_weight: te.Tensor, q_scale: te.Tensor) -> te.Tensor:
+            return _dequantize(
+                q_weight, q_scale, self.quantization, self.embedding_dim, self.dtype, rows=ids
+            )
+
+        return op.tensor_expr_op(
+            lookup, "dequantize_take", [input_ids, self.q_weight, self.q_scale]
+        )
+
+    def lm_head(self, x: Tensor) -> Tensor:
+        return _quantized_matmul(x, self.q_weight, self.q_scale, self.quantization)
+
+
+def _linear(
+    config: "Starcoder2Config",
+    in_features: int,
+    out_features: int,
+    bias: bool,
+    lm_head: bool = False,
+) -> nn.Module:
+    quantization = config.quantization
+    if quantization is None or (lm_head and not quantization.quantize_lm_head):
+        return nn.Linear(in_features, out_features, bias=bias)
+    return QuantizedLinear(in_features, out_features, bias, quantization)
+
+
+def _embedding(config: "Starcoder2Config", num_embeddings: int, embedding_dim: int) -> nn.Module:
+    quantization = config.quantization
+    if quantization is None or not quantization.quantize_embedding:
+        return nn.Embedding(num_embeddings, embedding_dim)
+    return QuantizedEmbedding(num_embeddings, embedding_dim, quantization)
+
+
+@dataclasses.dataclass(frozen=True)
 class Starcoder2Config:
     """Model dimensions and options, read from a Hugging Face config.json."""
 
@@ -115,6 +274,8 @@ class Starcoder2Config:
     scale_attention: bool
     activation: str
     prefill_chunk_size: int = DEFAULT_PREFILL_CHUNK_SIZE
+    # None: weights in the model's dtype; set at compile time from a quantization scheme.
+    quantization: GroupQuantization | None = None
 
     @classmethod
     def from_dict(cls, hf_config: Mapping[str, Any], **overrides: Any) -> "Starcoder2Config":
@@ -244,8 +405,8 @@ def _activate(x: Tensor, activation: str) -> Tensor:
 class Starcoder2MLP(nn.Module):
     def __init__(self, config: Starcoder2Config):
         super().__init__()
-        self.c_fc = nn.Linear(config.hidden_size, config.intermediate_size, bias=True)
-        self.c_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=True)
+        self.c_fc = _linear(config, config.hidden_size, config.intermediate_size, bias=True)
+        self.c_proj = _linear(config, config.intermediate_size, config.hidden_size, bias=True)
         self.activation = config.activation
 
     def forward(self, x: Tensor) -> Tensor:
@@ -261,8 +422,8 @@ class Starcoder2Attention(nn.Module):
         self.head_dim = config.head_dim
         self.sm_scale = 1.0 / math.sqrt(self.head_dim) if config.scale_attention else 1.0
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.qkv_proj = nn.Linear(config.hidden_size, q_size + 2 * kv_size, bias=True)
-        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=True)
+        self.qkv_proj = _linear(config, config.hidden_size, q_size + 2 * kv_size, bias=True)
+        self.o_proj = _linear(config, q_size, config.hidden_size, bias=True)
 
     def forward(self, hidden_states: Tensor, paged_kv_cache: PagedKVCache, layer_id: int) -> Tensor:
         batch_size, seq_len, _ = hidden_states.shape
@@ -294,7 +455,7 @@ class Starcoder2Block(nn.Module):
 class Starcoder2Model(nn.Module):
     def __init__(self, config: Starcoder2Config):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = _embedding(config, config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
             [Starcoder2Block(config) for _ in range(config.num_hidden_layers)]
         )
@@ -322,7 +483,9 @@ class Starcoder2ForCausalLM(nn.Module):
         self.config = config
         self.model = Starcoder2Model(config)
         if not config.tie_word_embeddings:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = _linear(
+                config, config.hidden_size, config.vocab_size, bias=False, lm_head=True
+            )
         self.dtype = "float32"
 
     def to(self, dtype: str | None = None) -> None:
@@ -331,9 +494,11 @@ class Starcoder2ForCausalLM(nn.Module):
             self.dtype = dtype
 
     def get_logits(self, hidden_states: Tensor) -> Tensor:
-        if self.config.tie_word_embeddings:
-            embedding = self.model.embed_tokens.weight
-            logits = op.matmul(hidden_states, op.permute_dims(embedding))
+        embedding = self.model.embed_tokens
+        if self.config.tie_word_embeddings and isinstance(embedding, QuantizedEmbedding):
+            logits = embedding.lm_head(hidden_states)
+        elif self.config.tie_word_embeddings:
+            logits = op.matmul(hidden_states, op.permute_dims(embedding.weight))
         else:
             logits = self.lm_head(hidden_states)
         return logits if logits.dtype == "float32" else logits.astype("float32")
