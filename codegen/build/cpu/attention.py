@@ -382,6 +382,31 @@ def ragged_prefill(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str) -> tirx
     return batch_prefill_ragged_kv
 
 
+# The two paged kernels take the cache as TVM's do. These bind those arguments; they run while a
+# kernel is parsed, so each T.match_buffer / T.int32 lands in that kernel.
+def _match_queries(q, q_rope_position, output, lse, rows, h_q: int, d: int, dtype: str):
+    """(q, output, lse) of ``rows`` query tokens; the rope positions are bound but unused."""
+    T.match_buffer(q_rope_position, (rows,), "int32", elem_offset=T.int32())
+    return (
+        T.match_buffer(q, (rows, h_q, d), dtype),
+        T.match_buffer(output, (rows, h_q, d), dtype),
+        T.match_buffer(lse, (rows, h_q), "float32"),
+    )
+
+
+def _match_pages(pages, page_indptr, page_values, length_info, k_rope_pos_offset, batch, h_kv: int, d: int, dtype: str, page_size: int):
+    """(pages, page_indptr, page_values, length_info, nnz_pages) for ``batch`` sequences."""
+    nnz_pages, max_num_pages = T.int32(), T.int32()
+    T.match_buffer(k_rope_pos_offset, (batch,), "int32", elem_offset=T.int32())
+    return (
+        T.match_buffer(pages, (max_num_pages, 2, h_kv, page_size, d), dtype),
+        T.match_buffer(page_indptr, (batch + 1,), "int32", elem_offset=T.int32()),
+        T.match_buffer(page_values, (nnz_pages,), "int32", elem_offset=T.int32()),
+        T.match_buffer(length_info, (batch,), "int32", elem_offset=T.int32()),
+        nnz_pages,
+    )
+
+
 def paged_prefill(h_kv: int, h_q: int, d: int, dtype: str, page_size: int) -> tirx.PrimFunc:
     """Replaces TVM's `_attention_prefill_cpu` (no sliding window): new queries against the cache."""
     sequence_rows = _sequence_rows(h_q // h_kv, h_kv, d, d, dtype)
@@ -408,26 +433,12 @@ def paged_prefill(h_kv: int, h_q: int, d: int, dtype: str, page_size: int) -> ti
         T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
         batch_size = T.int32()
         total_len = T.int32()
-        nnz_pages = T.int32()
-        max_num_pages = T.int32()
-        q_indptr_elem_offset = T.int32()
-        page_indptr_elem_offset = T.int32()
-        page_values_elem_offset = T.int32()
-        k_rope_pos_offset_elem_offset = T.int32()
-        q_rope_position_elem_offset = T.int32()
-        length_info_elem_offset = T.int32()
-
-        q = T.match_buffer(var_q, (total_len, h_q, d), dtype)
-        q_indptr = T.match_buffer(var_q_indptr, (batch_size + 1,), "int32", elem_offset=q_indptr_elem_offset)
-        pages = T.match_buffer(var_pages, (max_num_pages, 2, h_kv, page_size, d), dtype)
-        page_indptr = T.match_buffer(var_page_indptr, (batch_size + 1,), "int32", elem_offset=page_indptr_elem_offset)
-        page_values = T.match_buffer(var_page_values, (nnz_pages,), "int32", elem_offset=page_values_elem_offset)
-        length_info = T.match_buffer(var_length_info, (batch_size,), "int32", elem_offset=length_info_elem_offset)
-        T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=k_rope_pos_offset_elem_offset)
-        T.match_buffer(var_q_rope_position, (total_len,), "int32", elem_offset=q_rope_position_elem_offset)
-        output = T.match_buffer(var_output, (total_len, h_q, d), dtype)
-        lse = T.match_buffer(var_lse, (total_len, h_q), "float32")
-
+        q_indptr = T.match_buffer(var_q_indptr, (batch_size + 1,), "int32", elem_offset=T.int32())
+        q, output, lse = _match_queries(var_q, var_q_rope_position, var_output, var_lse, total_len, h_q, d, dtype)
+        pages, page_indptr, page_values, length_info, nnz_pages = _match_pages(
+            var_pages, var_page_indptr, var_page_values, var_length_info, var_k_rope_pos_offset,
+            batch_size, h_kv, d, dtype, page_size,
+        )
         assert rotary_mode == 0, ROTARY_MODE_MESSAGE
         k_t = T.alloc_buffer((h_kv, d, nnz_pages * page_size + KEY_LANES), "float32")
         transpose_keys(pages, page_values, page_indptr[0], page_indptr[batch_size], k_t)
@@ -475,24 +486,11 @@ def paged_decode(h_kv: int, h_q: int, d: int, dtype: str, page_size: int) -> tir
     ):
         T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
         B = T.int32()
-        nnz_pages = T.int32()
-        max_num_pages = T.int32()
-        page_indptr_elem_offset = T.int32()
-        page_values_elem_offset = T.int32()
-        k_rope_pos_offset_elem_offset = T.int32()
-        q_rope_position_elem_offset = T.int32()
-        length_info_elem_offset = T.int32()
-
-        q = T.match_buffer(Q_handle, (B, h_q, d), dtype)
-        pages = T.match_buffer(pages_handle, (max_num_pages, 2, h_kv, page_size, d), dtype)
-        page_indptr = T.match_buffer(page_table_indptr_handle, (B + 1,), "int32", elem_offset=page_indptr_elem_offset)
-        page_values = T.match_buffer(page_table_values_handle, (nnz_pages,), "int32", elem_offset=page_values_elem_offset)
-        length_info = T.match_buffer(var_length_info, (B,), "int32", elem_offset=length_info_elem_offset)
-        T.match_buffer(k_rope_pos_offset_handle, (B,), "int32", elem_offset=k_rope_pos_offset_elem_offset)
-        T.match_buffer(q_rope_position_handle, (B,), "int32", elem_offset=q_rope_position_elem_offset)
-        output = T.match_buffer(output_handle, (B, h_q, d), dtype)
-        lse = T.match_buffer(lse_handle, (B, h_q), "float32")
-
+        q, output, lse = _match_queries(Q_handle, q_rope_position_handle, output_handle, lse_handle, B, h_q, d, dtype)
+        pages, page_indptr, page_values, length_info, _ = _match_pages(
+            pages_handle, page_table_indptr_handle, page_table_values_handle, var_length_info, k_rope_pos_offset_handle,
+            B, h_kv, d, dtype, page_size,
+        )
         assert rotary_mode == 0, ROTARY_MODE_MESSAGE
         for item in T.parallel(B * h_kv * head_tiles):
             b: T.let[T.int32] = item // (h_kv * head_tiles)
