@@ -18,7 +18,7 @@ from tvm.target import Target
 
 from codegen.build.cpu import fast_math
 from codegen.build.cpu.attention import replace_kv_cache_kernels
-from codegen.build.cpu.rules import SingleRowReduction, WeightMatmul
+from codegen.build.cpu.rules import QuantizedWeightMatmul, SingleRowReduction, WeightMatmul
 
 
 def relax_pipeline(target: Target) -> tvm.transform.Pass:
@@ -75,7 +75,7 @@ def schedule_passes(target: Target) -> list[tvm.transform.Pass]:
 
 def cpu_rules() -> list[dlight.ScheduleRule]:
     """Rules tried in order on each kernel; the first that matches schedules it."""
-    return [WeightMatmul(), SingleRowReduction(), dlight.cpu.Reduction()]
+    return [QuantizedWeightMatmul(), WeightMatmul(), SingleRowReduction(), dlight.cpu.Reduction()]
 
 
 def gpu_rules() -> list[dlight.ScheduleRule]:

@@ -104,13 +104,10 @@ class WeightMatmul(ScheduleRule):
     """
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
-        kernel = _llvm_kernel(func, target)
+        kernel = _weight_matmul_kernel(func, target)
         if kernel is None:
             return None
-        sch, blocks, reductions = kernel
-        if len(reductions) != 1 or not _weight_operand(sch, reductions[0]):
-            return None
-        matmul = reductions[0]
+        sch, blocks, matmul = kernel
         if not _inline_around(sch, blocks, matmul):
             return None
         epilogue = _single_consumer(sch, matmul)
@@ -119,6 +116,18 @@ class WeightMatmul(ScheduleRule):
         except s_tir.ScheduleError:
             # A matmul shape this schedule cannot transform keeps TVM's default lowering.
             return None
+
+
+def _weight_matmul_kernel(func, target: Target):
+    """(schedule, the root's blocks, the matmul) for an llvm kernel whose one reduction multiplies
+    by a 2-D weight; else None."""
+    kernel = _llvm_kernel(func, target)
+    if kernel is None:
+        return None
+    sch, blocks, reductions = kernel
+    if len(reductions) != 1 or not _weight_operand(sch, reductions[0]):
+        return None
+    return sch, blocks, reductions[0]
 
 
 def _llvm_kernel(func, target: Target):
@@ -169,6 +178,23 @@ def _schedule_matmul(sch: s_tir.Schedule, matmul, epilogue, cpu: CPUShape) -> s_
     return _schedule_dots(sch, matmul, epilogue, cpu, m, n, k, lanes, tile_rows=weight_tile)
 
 
+def _place_write_back(sch: s_tir.Schedule, matmul, vector_sums, epilogue, at, row):
+    """After an rfactor: the vector sums (if any, vectorised over lanes) and the write-back under
+    loop ``at``, the epilogue under the activation row, with the matmul's result then on the stack.
+    Returns the vector sums' loop over vectors (None without them), where their reduction starts."""
+    vectors = None
+    if vector_sums is not None:
+        sch.reverse_compute_at(vector_sums, at)
+        lane, vectors = sch.get_loops(vector_sums)[-2:]
+        sch.reorder(vectors, lane)
+        sch.vectorize(lane)
+    sch.reverse_compute_at(matmul, at, preserve_unit_loops=True)
+    if epilogue is not None:
+        sch.reverse_compute_at(epilogue, row, preserve_unit_loops=True)
+        sch.set_scope(matmul, 0, ACCUMULATOR_SCOPE)
+    return vectors
+
+
 def _schedule_dots(sch, matmul, epilogue, cpu, m, n, k, width: int, tile_rows: int | None):
     """Parallel tasks of TASK_ROWS weight rows; each output accumulates `width` lanes of K, summed at
     the end.
@@ -195,18 +221,10 @@ def _schedule_dots(sch, matmul, epilogue, cpu, m, n, k, width: int, tile_rows: i
     loops = sch.get_loops(partial)
     if side_by_side:
         task, _tile, m, k_outer, n_inner, k_inner = loops
-        sch.reverse_compute_at(matmul, m, preserve_unit_loops=True)
+        _place_write_back(sch, matmul, None, epilogue, at=m, row=m)
     else:
         task, m, n_inner, k_outer, k_inner = loops
-        if vector_sums is not None:
-            sch.reverse_compute_at(vector_sums, n_inner)
-            lane, vectors = sch.get_loops(vector_sums)[-2:]
-            sch.reorder(vectors, lane)
-            sch.vectorize(lane)
-        sch.reverse_compute_at(matmul, n_inner, preserve_unit_loops=True)
-    if epilogue is not None:
-        sch.reverse_compute_at(epilogue, m, preserve_unit_loops=True)
-        sch.set_scope(matmul, 0, ACCUMULATOR_SCOPE)
+        vectors = _place_write_back(sch, matmul, vector_sums, epilogue, at=n_inner, row=m)
 
     # Loop kinds first: vectorize and parallel need the block before decompose_reduction splits it.
     sch.vectorize(k_inner)
@@ -221,12 +239,9 @@ def _schedule_dots(sch, matmul, epilogue, cpu, m, n, k, width: int, tile_rows: i
 
 
 def _sum_vectors_first(sch, write_back, lanes: int, output_rank: int):
-    """Add an output's `width` partial sums as vectors into one vector, leaving `lanes` scalar adds.
-
-    With one serial chain of `width` scalar adds per output, the kernel ran from cache at 40-58 GB/s
-    with 8 accumulators (below the ~64 GB/s this machine streams from memory) and at 97 instead of
-    125 GB/s with 4.
-    """
+    """Add an output's `width` partial sums as vectors into one vector, leaving `lanes` scalar adds:
+    one serial chain of `width` scalar adds per output held the kernel below memory speed even from
+    cache (figures: bench/README.md)."""
     loops = sch.get_loops(write_back)
     vectors, lane = sch.split(loops[-1], [None, lanes])
     partial = sch.rfactor(lane, factor_axis=output_rank)
@@ -234,14 +249,15 @@ def _sum_vectors_first(sch, write_back, lanes: int, output_rank: int):
     return partial
 
 
-def _schedule_gemm(sch, matmul, epilogue, cpu, m, n, k, lanes, n_extent):
+def _schedule_gemm(sch, matmul, epilogue, cpu, m, n, k, lanes, n_extent, unpacking=None):
     """Many rows (a dynamic count): a register tile of MR rows x NV outputs, vectorised along n.
 
     For each tile of NV weight rows (the parallel loop), the weights are packed k-major, so the
     micro-kernel loads NV contiguous weights per k and broadcasts one activation per row: MR x NV/lanes
     vector accumulators stay in registers over all of K and need no horizontal sums. Rows are split
     by MR; TVM's loop partitioning runs the full tiles without bounds checks and the last partial one
-    with them.
+    with them. With `unpacking` (a quantized weight), that block itself fills the panel: each weight
+    is unpacked once per kernel instead of once per activation row.
     """
     nv = _largest_power_of_two_dividing(n_extent, GEMM_VECTORS * cpu.lanes)
     if nv < cpu.lanes:
@@ -251,7 +267,10 @@ def _schedule_gemm(sch, matmul, epilogue, cpu, m, n, k, lanes, n_extent):
     n_outer, n_inner = sch.split(n, [None, nv])
     m_outer, m_inner = sch.split(m, [None, mr])
     sch.reorder(n_outer, m_outer, k, m_inner, n_inner)
-    packed = sch.cache_read(matmul, weight_index, "global")
+    if unpacking is None:
+        packed = sch.cache_read(matmul, weight_index, "global")
+    else:
+        packed = unpacking.block
     sch.compute_at(packed, n_outer, preserve_unit_loops=True)
     sch.transform_layout(packed, ("write", 0), lambda i, j: (j, i % nv), assume_injective_transform=True)
     if epilogue is None:
@@ -266,10 +285,18 @@ def _schedule_gemm(sch, matmul, epilogue, cpu, m, n, k, lanes, n_extent):
     sch.transform_layout(matmul, ("write", 0), lambda *i: (i[-2] % mr, i[-1] % nv), assume_injective_transform=True)
     sch.vectorize(n_inner)
     sch.unroll(m_inner)
-    # Pack in blocks of PACK_BLOCK along k: each weight row's cache line is read whole at once.
     pack_n, pack_k = sch.get_loops(packed)[-2:]
-    pack_k_outer, pack_k_inner = sch.split(pack_k, [None, _largest_power_of_two_dividing(_extent(sch, pack_k), PACK_BLOCK)])
-    sch.reorder(pack_k_outer, pack_n, pack_k_inner)
+    if unpacking is None:
+        # Pack in blocks of PACK_BLOCK along k: each weight row's cache line is read whole at once.
+        pack_k_outer, pack_k_inner = sch.split(pack_k, [None, _largest_power_of_two_dividing(_extent(sch, pack_k), PACK_BLOCK)])
+        sch.reorder(pack_k_outer, pack_n, pack_k_inner)
+    else:
+        # One vector per k across the NV rows (its stores contiguous); the codes of a word unrolled,
+        # so the NV words are loaded once per word.
+        word, code = sch.split(pack_k, [None, unpacking.codes_per_word])
+        sch.reorder(word, code, pack_n)
+        sch.vectorize(pack_n)
+        sch.unroll(code)
     sch.annotate(m_outer, "pragma_loop_partition_hint", 1)
     if cpu.threads > 1:
         sch.parallel(n_outer)
@@ -312,6 +339,135 @@ def _fused_rows(sch: s_tir.Schedule, block, rows: list):
     if not rows:
         return sch.add_unit_loop(block)
     return sch.fuse(*rows) if len(rows) > 1 else rows[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Unpacking:
+    """The block that unpacks a group-quantized weight: W[n, k] is code k % codes_per_word of the
+    uint32 word [n, k // codes_per_word], times a scale read from `scales`."""
+
+    block: s_tir.SBlockRV
+    scales: tirx.Buffer
+    codes_per_word: int
+
+
+def _unpacking(sch: s_tir.Schedule, matmul) -> _Unpacking | None:
+    """The block computing the matmul's weight if it reads uint32 words [N, K / codes_per_word] and
+    one other [N, ...] buffer (the scales); None for a weight that is a parameter."""
+    weight = sch.get(matmul).reads[_weight_read_index(sch, matmul)].source
+    n_extent, k_extent = (int(d) for d in weight.shape)
+    for block in sch.get_producers(matmul):
+        stmt = sch.get(block)
+        if not stmt.writes[0].source.same_as(weight):
+            continue
+        reads = [r.source for r in stmt.reads]
+        words = [b for b in reads if b.dtype == "uint32" and len(b.shape) == 2]
+        scales = [b for b in reads if b.dtype != "uint32"]
+        if not _is_spatial(sch, block) or len(reads) != 2 or len(words) != 1 or len(scales) != 1:
+            return None
+        word_count = _static(words[0].shape[1])
+        if not word_count or k_extent % word_count or k_extent // word_count < 2:
+            return None
+        if _static(words[0].shape[0]) != n_extent or _static(scales[0].shape[0]) != n_extent:
+            return None
+        return _Unpacking(block, scales[0], k_extent // word_count)
+    return None
+
+
+class QuantizedWeightMatmul(ScheduleRule):
+    """WeightMatmul for a group-quantized weight: a block unpacks W from uint32 words of codes and
+    scales, the matmul reads it (the kernel of every quantized linear layer), plus a fused epilogue.
+
+    Decode unpacks in registers as it streams the codes, so nothing [N, K] is written; prefill
+    unpacks one panel of weight rows at a time for the float GEMM, once for all activation rows.
+    """
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
+        kernel = _weight_matmul_kernel(func, target)
+        if kernel is None:
+            return None
+        sch, blocks, matmul = kernel
+        unpacking = _unpacking(sch, matmul)
+        if unpacking is None:
+            return None
+        unpack = sch.get(unpacking.block)
+        if not _inline_around(sch, [b for b in blocks if not sch.get(b).same_as(unpack)], matmul):
+            return None
+        epilogue = _single_consumer(sch, matmul)
+        try:
+            return _schedule_quantized(sch, matmul, epilogue, unpacking, CPUShape.of(target))
+        except s_tir.ScheduleError:
+            # As WeightMatmul: a shape this schedule cannot transform keeps TVM's default lowering.
+            return None
+
+
+def _schedule_quantized(sch, matmul, epilogue, unpacking: _Unpacking, cpu: CPUShape):
+    """Many rows: the GEMM on unpacked panels; one row, or weight rows the GEMM cannot tile: row dots."""
+    *rows, n, k = sch.get_loops(matmul)
+    k_extent, n_extent = _extent(sch, k), _extent(sch, n)
+    if k_extent is None or n_extent is None:
+        return None
+    m = _fused_rows(sch, matmul, rows)
+    if _many_rows(sch.get(m).extent):
+        gemm = _schedule_gemm(sch, matmul, epilogue, cpu, m, n, k, cpu.lanes, n_extent, unpacking)
+        if gemm is not None:
+            return gemm
+    lanes = _largest_power_of_two_dividing(k_extent // unpacking.codes_per_word, cpu.lanes)
+    if lanes < MIN_LANES:
+        return None
+    weight = sch.get(matmul).reads[_weight_read_index(sch, matmul)].source
+    activations = next(r.source for r in sch.get(matmul).reads if not r.source.same_as(weight))
+    sch.compute_inline(unpacking.block)
+    return _schedule_unpacking_dots(sch, matmul, epilogue, cpu, m, n, k, unpacking, activations, lanes)
+
+
+def _schedule_unpacking_dots(sch, matmul, epilogue, cpu, m, n, k, unpacking, activations, lanes: int):
+    """The row dots of _schedule_dots, each weight row unpacked in registers as it is read.
+
+    The vector lanes run over `lanes` consecutive words (a power of two dividing the row's words, so
+    any K a scheme allows) and the codes of a word are an unrolled loop: each code is a shift of the
+    word vector by a constant and a mask, with its own vector accumulator. Lanes then hold k
+    positions codes_per_word apart, so the activation row is copied into that order first (once
+    per kernel: it is small). Vectorising k itself instead loads each word once per lane.
+    """
+    per_word = unpacking.codes_per_word
+    step = lanes * per_word
+    x_order = sch.cache_read(matmul, _read_index(sch, matmul, activations), "global")
+    sch.transform_layout(
+        x_order,
+        ("write", 0),
+        lambda *i: (*i[:-1], i[-1] // step, i[-1] % per_word, i[-1] // per_word % lanes),
+        assume_injective_transform=True,
+    )
+    task, n_inner = sch.split(n, [None, TASK_ROWS])
+    k_outer, word, code = sch.split(k, [None, lanes, per_word])
+    sch.reorder(task, m, n_inner, k_outer, code, word)
+    output_rank = len(sch.get(matmul).writes[0].source.shape)
+    partial = sch.rfactor(sch.fuse(code, word), factor_axis=output_rank)
+    sch.set_scope(partial, 0, ACCUMULATOR_SCOPE)
+    vector_sums = _sum_vectors_first(sch, matmul, lanes, output_rank)
+    task, m, n_inner, k_outer, k_inner = sch.get_loops(partial)
+    code, word = sch.split(k_inner, [per_word, lanes])
+    # The few scales of one step's words, copied first to a stack array (ACCUMULATOR_SCOPE): read
+    # straight from the scales, each lane was a scalar load (TVM hoists the lane indices into a
+    # vector LLVM cannot see through); from the copy LLVM loads one vector and permutes it.
+    scales = sch.cache_read(partial, _read_index(sch, partial, unpacking.scales), ACCUMULATOR_SCOPE)
+    sch.compute_at(scales, k_outer)
+    if _extent(sch, sch.get_loops(scales)[-1]) > 1:
+        sch.vectorize(sch.get_loops(scales)[-1])
+    vectors = _place_write_back(sch, matmul, vector_sums, epilogue, at=n_inner, row=m)
+
+    sch.vectorize(word)
+    sch.unroll(code)
+    if cpu.threads > 1:
+        sch.parallel(task)
+    sch.decompose_reduction(partial, k_outer)
+    sch.decompose_reduction(vector_sums, vectors)
+    return sch
+
+
+def _read_index(sch: s_tir.Schedule, block, buffer: tirx.Buffer) -> int:
+    return [r.source.same_as(buffer) for r in sch.get(block).reads].index(True)
 
 
 class SingleRowReduction(ScheduleRule):

@@ -1,0 +1,275 @@
+"""CPU schedules of the group-quantized linear kernel (dequantize_matmul; QuantizedWeightMatmul in
+codegen/build/cpu/rules.py): they match numpy, and they are the schedules meant: decode unpacks the
+codes in registers, prefill unpacks one panel of weight rows for all activation rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+import tvm_ffi
+from tvm import relax, te, tirx
+from tvm.ir.instrument import pass_instrument
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import op
+from tvm.s_tir import dlight
+
+from codegen.build import pipeline
+from codegen.build.compile import BuildOptions
+from codegen.build.cpu.rules import GEMM_MR, GEMM_VECTORS, MIN_LANES, TASK_ROWS, CPUShape
+from generated.gpt_bigcode.model import GroupQuantization, QuantizedLinear, _dequantize_matmul
+
+TARGET = BuildOptions(target="llvm", num_threads=2).tvm_target()
+SEQ_LEN = tirx.Var("seq_len", "int64")
+TOLERANCE = 1e-5  # relative to the largest output, float32 against a float64 reference
+
+
+def _scheme(bits: int) -> GroupQuantization:
+    return GroupQuantization(f"q{bits}f32_1", bits, 32, "float32", False, False)
+
+
+def _kernel(bits: int, n: int, k: int, rows) -> tirx.PrimFunc:
+    """The model's kernel for x [1, rows, k] times a quantized [n, k] weight (int64 indices, as
+    exported)."""
+
+    def i64(value):
+        return tirx.IntImm("int64", value) if isinstance(value, int) else value
+
+    scheme = _scheme(bits)
+    word_shape, scale_shape = scheme.packed_shapes(n, k)
+    x = te.placeholder((i64(1), i64(rows), i64(k)), "float32", name="x")
+    words = te.placeholder([i64(d) for d in word_shape], "uint32", name="q_weight")
+    scales = te.placeholder([i64(d) for d in scale_shape], "float32", name="q_scale")
+    out = _dequantize_matmul(x, words, scales, scheme)
+    return te.create_prim_func([x, words, scales, out], index_dtype_override="int64")
+
+
+def _build(func: tirx.PrimFunc):
+    """(scheduled PrimFunc, its TIR just after loop vectorisation, runtime module)."""
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    with TARGET:
+        scheduled = dlight.ApplyDefaultSchedule(*pipeline.cpu_rules())(mod)
+    vectorised = []
+
+    @pass_instrument
+    class AfterVectorize:
+        def run_after_pass(self, mod, info):
+            if info.name == "tirx.VectorizeLoop":
+                vectorised.append(mod["main"])
+
+    with tvm.transform.PassContext(instruments=[AfterVectorize()]):
+        library = tvm.compile(scheduled, target=TARGET)
+    return scheduled["main"], vectorised[0], library
+
+
+def _random_quantized(bits: int, n: int, k: int, rng):
+    """(packed words, scales, the float64 weight they stand for)."""
+    per_word = 32 // bits
+    codes = rng.integers(0, 2**bits - 1, size=(n, k), dtype=np.uint32)
+    words = np.zeros((n, k // per_word), np.uint32)
+    for j in range(per_word):
+        words |= codes[:, j::per_word] << np.uint32(j * bits)
+    scales = (rng.random((n, k // 32)) * 0.1 + 0.01).astype(np.float32)
+    weight = (codes.astype(np.float64) - (2 ** (bits - 1) - 1)) * np.repeat(
+        scales.astype(np.float64), 32, axis=1
+    )
+    return words, scales, weight
+
+
+def _relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.abs(actual - expected).max() / np.abs(expected).max())
+
+
+def _run(library, x, words, scales, n: int) -> np.ndarray:
+    out = tvm.runtime.tensor(np.zeros((*x.shape[:-1], n), np.float32))
+    library["main"](*(tvm.runtime.tensor(a) for a in (x, words, scales)), out)
+    return out.numpy()
+
+
+# ------------------------------------------------------------------------------------ numerics
+
+
+@pytest.mark.parametrize(
+    "bits, n, k",
+    [
+        (4, TASK_ROWS + 36, 768),  # a full parallel task of weight rows and a partial one
+        (8, TASK_ROWS + 36, 768),
+        (4, 64, 96),  # 12 words per row: 4-word vectors, K not a multiple of a full vector of words
+        (8, 72, 96),  # 24 words per row: 8-word vectors
+    ],
+)
+def test_decode_kernel_matches_numpy(bits, n, k):
+    _, _, library = _build(_kernel(bits, n, k, 1))
+    rng = np.random.default_rng(bits + n + k)
+    words, scales, weight = _random_quantized(bits, n, k, rng)
+    x = rng.standard_normal((1, 1, k), dtype=np.float32)
+    assert _relative_error(_run(library, x, words, scales, n), x @ weight.T) <= TOLERANCE
+
+
+@pytest.mark.parametrize(
+    "bits, n, k",
+    [
+        (4, 96, 64),  # the GEMM on unpacked panels
+        (8, 96, 96),
+        (
+            4,
+            100,
+            64,
+        ),  # weight rows not a multiple of the panel width: row dots for every activation row
+    ],
+)
+def test_prefill_kernel_matches_numpy_for_every_row_remainder(bits, n, k):
+    _, _, library = _build(_kernel(bits, n, k, SEQ_LEN))
+    rng = np.random.default_rng(bits + n + k)
+    words, scales, weight = _random_quantized(bits, n, k, rng)
+    for rows in range(1, 3 * GEMM_MR + 2):
+        x = rng.standard_normal((1, rows, k), dtype=np.float32)
+        assert _relative_error(_run(library, x, words, scales, n), x @ weight.T) <= TOLERANCE, rows
+
+
+# ------------------------------------------------------------------------ what the schedule is
+
+
+# Fields through which _walk reaches a TIR node's children (TVM 0.27 has no Python TIR visitor).
+_CHILD_FIELDS = (
+    "seq",
+    "body",
+    "block",
+    "init",
+    "then_case",
+    "else_case",
+    "value",
+    "a",
+    "b",
+    "args",
+    "indices",
+    "condition",
+    "true_value",
+    "false_value",
+)
+
+
+def _walk(node):
+    """node and every statement and expression under it."""
+    yield node
+    for field in _CHILD_FIELDS:
+        child = getattr(node, field, None)
+        for grandchild in child if isinstance(child, tvm_ffi.Array) else [child]:
+            if isinstance(grandchild, tvm_ffi.Object):
+                yield from _walk(grandchild)
+
+
+def _allocations(func: tirx.PrimFunc) -> list[tirx.Buffer]:
+    """Buffers a kernel allocates: its blocks' (scheduled TIR) or, once lowered, the compacted ones."""
+    nodes = list(_walk(func.body))
+    blocks = [
+        buffer
+        for node in nodes
+        if isinstance(node, tvm.s_tir.SBlock)
+        for buffer in node.alloc_buffers
+    ]
+    return blocks + [node.buffer for node in nodes if isinstance(node, tirx.AllocBuffer)]
+
+
+def _elements(buffer: tirx.Buffer) -> int:
+    return int(np.prod([int(d) for d in buffer.shape]))
+
+
+def _loads(func: tirx.PrimFunc, name: str) -> list[tirx.PrimExpr]:
+    """Index of every load from the (flattened) buffer named `name`."""
+    loads = [node for node in _walk(func.body) if isinstance(node, tvm.ir.TensorLoad)]
+    return [node.indices[-1] for node in loads if node.source.name.startswith(name)]
+
+
+def _stores(func: tirx.PrimFunc, name: str) -> list[tirx.PrimExpr]:
+    stores = [node for node in _walk(func.body) if isinstance(node, tirx.BufferStore)]
+    return [node.indices[-1] for node in stores if node.buffer.name.startswith(name)]
+
+
+def _loop_kinds(func: tirx.PrimFunc) -> set[tirx.ForKind]:
+    return {node.kind for node in _walk(func.body) if isinstance(node, tirx.For)}
+
+
+def _is_contiguous_vector(index: tirx.PrimExpr) -> bool:
+    return isinstance(index, tirx.Ramp) and int(index.stride) == 1 and int(index.lanes) >= MIN_LANES
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_decode_unpacks_in_registers_from_contiguous_word_vectors(bits):
+    """No [N, K] weight is written, and each vector of codes comes from one load of consecutive
+    words (vectorising k instead loads the word once per lane)."""
+    n, k = 100, 768
+    scheduled, vectorised, _ = _build(_kernel(bits, n, k, 1))
+    assert "dequantize" not in scheduled.script()  # the unpacking block was inlined
+    assert all(_elements(b) < n * k for b in _allocations(vectorised))
+    word_loads = _loads(vectorised, "q_weight")
+    assert word_loads and all(_is_contiguous_vector(index) for index in word_loads), word_loads
+    assert tirx.ForKind.PARALLEL in _loop_kinds(vectorised)
+
+
+def test_prefill_unpacks_one_panel_at_a_time():
+    """Prefill unpacks a panel of weight rows (k-major, vector stores) inside the parallel loop over
+    panels, and the GEMM reads it for every activation row."""
+    n, k = 96, 64
+    scheduled, vectorised, _ = _build(_kernel(4, n, k, SEQ_LEN))
+    [panel] = [b for b in _allocations(vectorised) if b.name == "dequantize"]
+    assert _elements(panel) == k * GEMM_VECTORS * CPUShape.of(TARGET).lanes < n * k
+    assert tirx.ForKind.PARALLEL in _loop_kinds(vectorised)
+    stores = _stores(vectorised, "dequantize")
+    assert stores and all(_is_contiguous_vector(index) for index in stores)
+
+
+# ---------------------------------------------------------------------- inside a Relax module
+
+
+class _LinearGelu(nn.Module):
+    def __init__(self, quantized: bool, k: int, n: int):
+        self.proj = (
+            QuantizedLinear(k, n, True, _scheme(4)) if quantized else nn.Linear(k, n, bias=True)
+        )
+
+    def forward(self, x):
+        return op.gelu(self.proj(x), approximate="tanh")
+
+
+def _lowered_kernels(module: nn.Module, rows) -> dict[str, tirx.PrimFunc]:
+    mod, _ = module.export_tvm({"forward": {"x": nn.spec.Tensor([1, rows, 64], "float32")}})
+    with TARGET:
+        lowered = pipeline.relax_pipeline(TARGET)(mod)
+    return {
+        gv.name_hint: f
+        for gv, f in lowered.functions_items()
+        if isinstance(f, tirx.PrimFunc) and "matmul" in gv.name_hint
+    }
+
+
+@pytest.mark.parametrize("rows", [1, "seq_len"])
+def test_bias_and_activation_fuse_as_in_the_float_kernel(rows):
+    float_kernels = _lowered_kernels(_LinearGelu(False, 64, 96), rows)
+    quantized = _lowered_kernels(_LinearGelu(True, 64, 96), rows)
+    assert sorted(quantized) == sorted(
+        name.replace("NT_matmul", "dequantize_matmul") for name in float_kernels
+    )
+    [func] = quantized.values()
+    assert func.attrs.get("tirx.is_scheduled") and "T.parallel(" in func.script()
+    # Decode inlines the unpacking; prefill unpacks a panel of weight rows at a time.
+    panels = [_elements(b) for b in _allocations(func) if b.name == "dequantize"]
+    assert panels == ([] if rows == 1 else [64 * GEMM_VECTORS * CPUShape.of(TARGET).lanes])
+
+
+@pytest.mark.parametrize("rows", [1, 7])
+def test_fused_kernel_in_a_module_matches_numpy(rows):
+    module = _LinearGelu(True, 64, 96)
+    mod, _ = module.export_tvm(
+        {"forward": {"x": nn.spec.Tensor([1, "seq_len" if rows > 1 else 1, 64], "float32")}}
+    )
+    executable = tvm.compile(mod, target=TARGET, relax_pipeline=pipeline.relax_pipeline(TARGET))
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    rng = np.random.default_rng(rows)
+    words, scales, weight = _random_quantized(4, 96, 64, rng)
+    bias = rng.standard_normal(96, dtype=np.float32)
+    x = rng.standard_normal((1, rows, 64), dtype=np.float32)
+    out = vm["forward"](*(tvm.runtime.tensor(a) for a in (x, words, scales, bias))).numpy()
+    y = x @ weight.T + bias
+    expected = 0.5 * y * (1 + np.tanh(np.sqrt(2 / np.pi) * (y + 0.044715 * y**3)))
+    assert _relative_error(out, expected) <= TOLERANCE
