@@ -184,3 +184,20 @@ def test_an_unedited_copy_of_a_spec_loads_its_package(tmp_path):
     copy = tmp_path / "gpt_bigcode.yaml"
     copy.write_text((REPO_ROOT / SPEC).read_text())
     assert load_model(copy).name == "gpt_bigcode"
+
+
+def test_a_huge_model_name_gives_a_short_error(capsys, tmp_path):
+    """A 100,000-character name made a 100 kB OSError."""
+    code = main(["compile", "--spec", "a" * 100_000, "--preset", "x", "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err) < 500 and "is neither a spec file (.yaml) nor a generated model name" in err
+
+
+@pytest.mark.parametrize("field, value", [("layer_norm_epsilon", -1), ("layer_norm_epsilon", 0.0)])
+def test_non_positive_float_config_fields_are_refused(field, value):
+    from codegen.models import ModelConfigError, load_model
+
+    model = load_model("gpt_bigcode")
+    values = {**model.package.PRESETS["tiny_starcoder"], field: value}
+    with pytest.raises(ModelConfigError, match=f"config.json field '{field}' must be a positive finite number"):
+        model.config(hf_config=values)
