@@ -100,22 +100,18 @@ def build(func, target):
 
 
 def random_weights(k: int, n: int, bits: int | None, rng):
-    """(operands, dense float64 weight): float32 weights, or packed codes and scales."""
+    """(operands, dense float64 weight): float32 weights, or their codes and scales as convert writes them."""
     import numpy as np
 
+    from codegen.convert.quantize import dequantize, quantize
+    from codegen.spec.quantization import scheme
+
+    weight = rng.standard_normal((n, k), dtype=np.float32)
     if bits is None:
-        weight = rng.standard_normal((n, k), dtype=np.float32)
         return [weight], weight.astype(np.float64)
-    per_word = 32 // bits
-    codes = rng.integers(0, 2**bits - 1, size=(n, k), dtype=np.uint32)
-    words = np.zeros((n, k // per_word), np.uint32)
-    for j in range(per_word):
-        words |= codes[:, j::per_word] << np.uint32(j * bits)
-    scales = (rng.random((n, k // 32)) * 0.1 + 0.01).astype(np.float32)
-    dense = (codes.astype(np.float64) - (2 ** (bits - 1) - 1)) * np.repeat(
-        scales.astype(np.float64), 32, axis=1
-    )
-    return [words, scales], dense
+    group_scheme = scheme(f"q{bits}f32_1")
+    words, scales = quantize(weight, group_scheme)
+    return [words, scales], dequantize(words, scales, group_scheme).astype(np.float64)
 
 
 def main(argv: list[str] | None = None) -> None:
