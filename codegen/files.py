@@ -30,8 +30,8 @@ def read_json_object(path: Path, error: type[CodegenError] = FileFormatError) ->
         raise error(f"cannot read {path}: {exc.strerror}") from None
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise error(f"{path} is not valid JSON: {exc}") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer past Python's 4300-digit limit
+        raise error(f"{path} is not valid JSON: {str(exc)[:200]}") from None
     except RecursionError:
         raise error(f"{path} is nested too deeply to be a JSON object of this project") from None
     if not isinstance(value, dict):

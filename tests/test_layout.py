@@ -127,3 +127,14 @@ def test_outside_a_checkout_codegen_says_how_to_fix_it(monkeypatch, tmp_path):
         assert paths.repo_root() == REPO_ROOT
     finally:
         paths.repo_root.cache_clear()
+
+
+@pytest.mark.parametrize("text, words", [('{"n_layer": ' + "9" * 5000 + "}", "is not valid JSON"), ("[" * 100_000, "nested too deeply")])
+def test_hostile_json_files_are_one_project_error(tmp_path, text, words):
+    from codegen.files import FileFormatError, read_json_object
+
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    with pytest.raises(FileFormatError, match=words) as info:
+        read_json_object(path)
+    assert len(str(info.value)) < 400
