@@ -382,8 +382,13 @@ def ragged_prefill(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str) -> tirx
     return batch_prefill_ragged_kv
 
 
-# The two paged kernels take the cache as TVM's do. These bind those arguments; they run while a
-# kernel is parsed, so each T.match_buffer / T.int32 lands in that kernel.
+# The two paged kernels take TVM's arguments, in its order (decode has no q_indptr and no causal;
+# its rows are the batch's sequences):
+#   q [rows, h_q, d], q_indptr [batch + 1], pages [max_num_pages, 2, h_kv, page_size, d],
+#   page_indptr [batch + 1], page_values [nnz_pages], length_info [batch] (tokens in the last page),
+#   k_rope_pos_offset [batch], q_rope_position [rows], output [rows, h_q, d], lse [rows, h_q].
+# These helpers bind them; they run while a kernel is parsed, so each T.match_buffer / T.int32
+# lands in that kernel.
 def _match_queries(q, q_rope_position, output, lse, rows, h_q: int, d: int, dtype: str):
     """(q, output, lse) of ``rows`` query tokens; the rope positions are bound but unused."""
     T.match_buffer(q_rope_position, (rows,), "int32", elem_offset=T.int32())
@@ -414,22 +419,11 @@ def paged_prefill(h_kv: int, h_q: int, d: int, dtype: str, page_size: int) -> ti
 
     @T.prim_func(s_tir=True)
     def batch_prefill_paged_kv_cpu(
-        var_q: T.handle,  # [total_len, h_q, d]
-        var_q_indptr: T.handle,  # [batch_size + 1]
-        var_pages: T.handle,  # [max_num_pages, 2, h_kv, page_size, d]
-        var_page_indptr: T.handle,  # [batch_size + 1]
-        var_page_values: T.handle,  # [nnz_pages]
-        var_length_info: T.handle,  # [b]: tokens in the last page
-        var_k_rope_pos_offset: T.handle,  # [b]
-        var_q_rope_position: T.handle,  # [total_len]
-        var_output: T.handle,  # [total_len, h_q, d]
-        var_lse: T.handle,  # [total_len, h_q]
-        causal: T.int32,
-        rotary_mode: T.int32,
-        rope_scale: T.float32,
-        rope_theta: T.float32,
-        sm_scale: T.float32,
-    ):
+        var_q: T.handle, var_q_indptr: T.handle, var_pages: T.handle, var_page_indptr: T.handle,
+        var_page_values: T.handle, var_length_info: T.handle, var_k_rope_pos_offset: T.handle,
+        var_q_rope_position: T.handle, var_output: T.handle, var_lse: T.handle, causal: T.int32,
+        rotary_mode: T.int32, rope_scale: T.float32, rope_theta: T.float32, sm_scale: T.float32,
+    ):  # fmt: skip
         T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
         batch_size = T.int32()
         total_len = T.int32()
@@ -470,25 +464,16 @@ def paged_decode(h_kv: int, h_q: int, d: int, dtype: str, page_size: int) -> tir
 
     @T.prim_func(s_tir=True)
     def batch_decode_paged_kv_cpu(
-        Q_handle: T.handle,  # [B, h_q, d]
-        pages_handle: T.handle,  # [max_num_pages, 2, h_kv, page_size, d]
-        page_table_indptr_handle: T.handle,  # [B + 1]
-        page_table_values_handle: T.handle,  # [nnz_pages]
-        var_length_info: T.handle,  # [B]: tokens in the last page
-        k_rope_pos_offset_handle: T.handle,  # [B]
-        q_rope_position_handle: T.handle,  # [B]
-        output_handle: T.handle,  # [B, h_q, d]
-        lse_handle: T.handle,  # [B, h_q]
-        rotary_mode: T.int32,
-        rope_scale: T.float32,
-        rope_theta: T.float32,
-        sm_scale: T.float32,
-    ):
+        var_q: T.handle, var_pages: T.handle, var_page_indptr: T.handle, var_page_values: T.handle,
+        var_length_info: T.handle, var_k_rope_pos_offset: T.handle, var_q_rope_position: T.handle,
+        var_output: T.handle, var_lse: T.handle,
+        rotary_mode: T.int32, rope_scale: T.float32, rope_theta: T.float32, sm_scale: T.float32,
+    ):  # fmt: skip
         T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
         B = T.int32()
-        q, output, lse = _match_queries(Q_handle, q_rope_position_handle, output_handle, lse_handle, B, h_q, d, dtype)
+        q, output, lse = _match_queries(var_q, var_q_rope_position, var_output, var_lse, B, h_q, d, dtype)
         pages, page_indptr, page_values, length_info, _ = _match_pages(
-            pages_handle, page_table_indptr_handle, page_table_values_handle, var_length_info, k_rope_pos_offset_handle,
+            var_pages, var_page_indptr, var_page_values, var_length_info, var_k_rope_pos_offset,
             B, h_kv, d, dtype, page_size,
         )
         assert rotary_mode == 0, ROTARY_MODE_MESSAGE
