@@ -46,7 +46,7 @@ class GeneratedModel:
             raise TypeError("give exactly one of preset or hf_config")
         if preset is not None:
             if preset not in self.package.PRESETS:
-                known = ", ".join(self.package.PRESETS)
+                known = ", ".join(self.package.PRESETS) or "none (build it from a config.json: --config)"
                 raise ModelNotFound(f"{self.name} has no preset {preset!r}; presets: {known}")
             hf_config = self.package.PRESETS[preset]
         try:

@@ -123,3 +123,23 @@ def test_new_family_parity(neox_package, tmp_path):
     compile_to_dir(model, config, BuildOptions(), artifact)
     convert(model, model_dir, artifact, progress=False)
     check_parity(Model(artifact, max_batch_size=4), hf_model, "gpt_neox (new family)")
+
+
+def test_spec_without_presets_builds_from_a_config_json(tmp_path):
+    """A user who compiles only from a config.json writes no presets (issue 14)."""
+    from codegen import render
+    from codegen.models import GeneratedModel, ModelNotFound, import_package
+
+    spec_path = tmp_path / "specs" / "gpt_neox.yaml"
+    spec_path.parent.mkdir()
+    spec_path.write_text(GPT_NEOX_SPEC[: GPT_NEOX_SPEC.index("presets:")])
+    render.generate(output_dir=tmp_path / "generated", spec_files=[spec_path])
+    package = import_package(tmp_path / "generated" / "gpt_neox", "_test_new_family_no_presets")
+    assert package.PRESETS == {}
+    model = GeneratedModel(name="gpt_neox", package=package)
+    config = model.config(hf_config={"model_type": "gpt_neox", "hidden_size": 64, "intermediate_size": 96,
+                                     "num_hidden_layers": 2, "num_attention_heads": 4,
+                                     "max_position_embeddings": 128, "vocab_size": 100})
+    assert config.rotary_dim == 4
+    with pytest.raises(ModelNotFound, match="presets: none"):
+        model.config(preset="pythia_160m")

@@ -134,7 +134,7 @@ def _build(path: Path, document: Located) -> Spec:
         parameters=parameters,
         weight_rules=MappingProxyType(rules),
         weight_ignore=tuple(data["weights"]["ignore"]),
-        presets=_frozen(data["presets"]),
+        presets=_frozen(data.get("presets", {})),
         document=_frozen(data),
         locations=MappingProxyType(dict(document.where)),
     )
