@@ -1,4 +1,4 @@
-"""The `codegen` command line: generate, check, diff, import-hf, compile, convert, run.
+"""The `codegen` command line: generate, check, diff, import-hf, compile, convert, run, eval.
 
 A refused input (a CodegenError) prints as one line and exits 1, and so does an operating-system
 failure on a named file (permission, disk full). Anything else is a bug: it keeps its traceback.
@@ -21,6 +21,7 @@ examples:
   codegen compile --spec specs/gpt_bigcode.yaml --preset tiny_starcoder --output build/tiny
   codegen convert --spec specs/gpt_bigcode.yaml --model-dir HF_DIR --output build/tiny
   codegen run --artifact build/tiny --tokenizer HF_DIR --prompt "def fib("
+  codegen eval --artifact build/tiny --tokenizer HF_DIR --text heldout.txt --context 512
 """
 
 
@@ -102,6 +103,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=None)
     run.add_argument("--device", default=None, help="cpu or cuda (default: from the artifact's target)")
     run.set_defaults(handler=_run)
+
+    eval_ = commands.add_parser("eval", help="perplexity of an artifact on a text file (llama-perplexity's protocol)")
+    eval_.add_argument("--artifact", type=Path, required=True)
+    eval_.add_argument("--tokenizer", type=Path, required=True, help="folder with tokenizer.json")
+    eval_.add_argument("--text", type=Path, required=True, help="UTF-8 text file to score")
+    eval_.add_argument(
+        "--context", type=int, default=None, help="tokens per chunk; the second half of each is scored (default: 512 or the window)"
+    )
+    eval_.set_defaults(handler=_eval)
     return parser
 
 
@@ -203,6 +213,12 @@ def _run(args) -> int:
     from codegen.runtime.generation import run_prompt
 
     return run_prompt(args)
+
+
+def _eval(args) -> int:
+    from codegen.runtime.evaluate import run_eval
+
+    return run_eval(args)
 
 
 if __name__ == "__main__":

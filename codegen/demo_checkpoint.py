@@ -3,7 +3,9 @@
 There is no model hub on the machines this runs on, so the demo trains its own: a byte-level BPE
 tokenizer and a 4-layer GPTBigCode, both on Python source files of the local standard library, for a
 few minutes on the CPU. The result is a folder like one downloaded from the hub (config.json,
-model.safetensors, generation_config.json, tokenizer.json, tokenizer_config.json).
+model.safetensors, generation_config.json, tokenizer.json, tokenizer_config.json), plus
+heldout.txt: standard-library files that follow the training corpus in its order, so neither the
+model nor the tokenizer saw them (`make eval` measures perplexity on it).
 
     python -m codegen.demo_checkpoint --output build/demo-model
 
@@ -24,6 +26,7 @@ import sysconfig
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -32,14 +35,36 @@ SKIPPED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", 
 # Larger files in the standard library are mostly data tables (pydoc topics, Unicode names).
 MAX_FILE_BYTES = 100_000
 SAMPLE_PROMPT = "def fibonacci(n):"
+# Source files the model never saw (tokenizer included), for `codegen eval` / `make eval`.
+HELDOUT_NAME = "heldout.txt"
 TRAINING_PACKAGES = ("torch", "transformers")
 
 
 def python_sources(limit_bytes: int, root: Path | None = None) -> list[str]:
-    """Source files of the standard library, in a fixed pseudo-random order, up to limit_bytes in all.
+    """Source files of the standard library, in a fixed pseudo-random order, up to limit_bytes in all."""
+    return consecutive_parts(_ordered_sources(root), [limit_bytes])[0]
 
-    Ordering by a hash of the relative path mixes packages (a sorted walk would fill the budget
-    with the first few) and is the same on every machine with the same Python.
+
+def consecutive_parts(texts: Iterable[str], limits: list[int]) -> list[list[str]]:
+    """Cut a stream of texts into consecutive parts of at most limits[i] characters each: a part
+    takes texts while they fit, and the first one that does not starts the next part."""
+    parts: list[list[str]] = [[] for _ in limits]
+    index, total = 0, 0
+    for text in texts:
+        while index < len(limits) and total + len(text) > limits[index]:
+            index, total = index + 1, 0
+        if index == len(limits):
+            break
+        parts[index].append(text)
+        total += len(text)
+    return parts
+
+
+def _ordered_sources(root: Path | None) -> Iterator[str]:
+    """Every readable source file of the standard library, ordered by a hash of its relative path.
+
+    Ordering by hash mixes packages (a sorted walk would fill the budget with the first few) and is
+    the same on every machine with the same Python.
     """
     root = Path(root or sysconfig.get_paths()["stdlib"])
     paths = [
@@ -48,22 +73,16 @@ def python_sources(limit_bytes: int, root: Path | None = None) -> list[str]:
         if not SKIPPED_DIRS.intersection(path.relative_to(root).parts)
         and path.stat().st_size <= MAX_FILE_BYTES
     ]
+    if not paths:
+        raise RuntimeError(f"no Python source files found under {root}")
     paths.sort(
         key=lambda path: hashlib.sha256(path.relative_to(root).as_posix().encode()).hexdigest()
     )
-    texts, total = [], 0
     for path in paths:
         try:
-            text = path.read_text(encoding="utf-8")
+            yield path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             continue
-        if total + len(text) > limit_bytes:
-            break
-        texts.append(text)
-        total += len(text)
-    if not texts:
-        raise RuntimeError(f"no Python source files found under {root}")
-    return texts
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -229,17 +248,21 @@ def build(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
-    texts = python_sources(int(args.corpus_mb * 1_000_000))
+    texts, heldout = consecutive_parts(
+        _ordered_sources(None), [int(args.corpus_mb * 1_000_000), int(args.heldout_kb * 1_000)]
+    )
+    if not texts or not heldout:
+        raise RuntimeError("the standard library has too few source files for the corpus and held-out text")
     print(
-        f"corpus: {len(texts)} standard-library files, {sum(map(len, texts)) / 1e6:.1f} MB",
+        f"corpus: {len(texts)} standard-library files, {sum(map(len, texts)) / 1e6:.1f} MB;"
+        f" held out: {len(heldout)} more files, {sum(map(len, heldout)) / 1e3:.0f} kB",
         flush=True,
     )
     tokenizer = train_tokenizer(texts, args.vocab_size)
-    tokens = token_stream(tokenizer, texts)
-    split = int(len(tokens) * 0.95)
-    train_tokens, test_tokens = tokens[:split], tokens[split:]
+    train_tokens = token_stream(tokenizer, texts)
+    test_tokens = token_stream(tokenizer, heldout)
     print(
-        f"tokenizer: {tokenizer.get_vocab_size()} tokens; corpus is {len(tokens)} tokens",
+        f"tokenizer: {tokenizer.get_vocab_size()} tokens; corpus is {len(train_tokens)} tokens",
         flush=True,
     )
 
@@ -264,6 +287,9 @@ def build(args: argparse.Namespace) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     try:
         save_checkpoint(model, tokenizer, staging)
+        # Plain text, files separated by a blank line: no special tokens, so any tokenizer of this
+        # vocabulary (llama.cpp's included) reads the same ids from it.
+        (staging / HELDOUT_NAME).write_text("\n\n".join(heldout), encoding="utf-8")
         staging.chmod(0o755)  # mkdtemp makes it private; the checkpoint is not
         move_into_place(staging, output)
     finally:
@@ -284,6 +310,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--corpus-mb", type=float, default=4.0, help="cap on the training text")
+    parser.add_argument(
+        "--heldout-kb", type=float, default=150.0, help="size of the held-out text written beside the model"
+    )
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=256)
