@@ -65,6 +65,7 @@ class Spec:
     weight_rules: Mapping[str, WeightRule]
     weight_ignore: tuple[str, ...]
     presets: Mapping[str, Mapping[str, Any]]
+    keep_unquantized: frozenset[str]  # roles (embedding, lm_head) no group scheme quantizes in this model
     document: Mapping[str, Any]  # the merged document, for hashing and diffing
     locations: Mapping[KeyPath, tuple[Path, int]] = dataclasses.field(repr=False, compare=False)
 
@@ -135,6 +136,7 @@ def _build(path: Path, document: Located) -> Spec:
         weight_rules=MappingProxyType(rules),
         weight_ignore=tuple(data["weights"]["ignore"]),
         presets=_frozen(data.get("presets", {})),
+        keep_unquantized=frozenset(data.get("quantization", {}).get("keep", ())),
         document=_frozen(data),
         locations=MappingProxyType(dict(document.where)),
     )
