@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from codegen.models import load_model
 from codegen.runtime import Model
 from codegen.spec import load_spec
+from tests.test_families import MORE_FAMILIES
 from tests.support import (
     FLOAT32_TOLERANCE,
     REPO_ROOT,
@@ -22,7 +24,12 @@ from tests.support import (
 )
 
 SPECS = sorted((REPO_ROOT / "specs").glob("*.yaml"))
-CASES = [(path, preset) for path in SPECS for preset in load_spec(path).presets]
+# Families whose compiled parity runs once in tests/test_families.py (MORE_FAMILIES). Their presets are
+# checked against transformers' own reading of the same config.json, tensor shape by tensor shape,
+# without compiling a tiny model per preset: the suite's time budget.
+SHAPE_CHECKED = {Path(family.spec).stem for family in MORE_FAMILIES.values()}
+CASES = [(path, preset) for path in SPECS if path.stem not in SHAPE_CHECKED for preset in load_spec(path).presets]
+SHAPE_CASES = [(path, preset) for path in SPECS if path.stem in SHAPE_CHECKED for preset in load_spec(path).presets]
 DECODE_STEPS = 5
 # Specs whose checkpoint layout no transformers class writes: the spec whose transformers class is the
 # reference, and how to rewrite its checkpoint into the layout.
@@ -61,3 +68,37 @@ def test_tiny_preset_matches_transformers(spec_path, preset, artifacts, tmp_path
     ours = [runtime.prefill(prompt)] + [runtime.decode(token) for token in continuation]
     errors = [max_abs_diff(logits, reference[len(prompt) - 1 + step]) for step, logits in enumerate(ours)]
     assert max(errors) <= FLOAT32_TOLERANCE, f"max |dlogit| per step: {errors}"
+
+
+def _converted_shape(hf_shapes: dict[str, tuple[int, ...]], source) -> tuple[int, ...]:
+    """The shape the converter makes of a weight source: transposes, then rows concatenated."""
+    shapes = [hf_shapes[name][::-1] if "transpose" in source.transforms else hf_shapes[name] for name in source.hf_names]
+    return (sum(shape[0] for shape in shapes), *shapes[0][1:])
+
+
+@pytest.mark.parametrize("spec_path,preset", SHAPE_CASES, ids=[f"{p.stem}-{preset}" for p, preset in SHAPE_CASES])
+def test_preset_reads_like_transformers(spec_path, preset):
+    """transformers builds the preset's model (on the meta device: shapes, no memory); every tensor
+    the weight map reads has the shape our model declares, and both rotate the same dimensions."""
+    import torch
+    import transformers
+
+    from codegen.spec.quantization import resolve
+
+    model = load_model(spec_path)
+    values = dict(model.package.PRESETS[preset])
+    config = model.config(preset=preset)
+    hf_config = transformers.AutoConfig.for_model(load_spec(spec_path).hf_model_type, **values)
+    with torch.device("meta"):
+        hf_model = transformers.AutoModelForCausalLM.from_config(hf_config)
+    hf_shapes = {name: tuple(t.shape) for name, t in hf_model.state_dict().items()}
+    ours = {name: tuple(int(d) for d in p.shape) for name, p in model.causal_lm(config, resolve(None)).named_parameters()}
+    sources = model.package.weight_map(config)
+    assert set(sources) == set(ours)
+    for name, source in sources.items():
+        assert _converted_shape(hf_shapes, source) == ours[name], name
+    unread = set(hf_shapes) - {n for s in sources.values() for n in s.hf_names} - model.package.ignored_tensors(config)
+    assert not unread, f"tensors of transformers' model that the weight map ignores: {sorted(unread)[:5]}"
+    if hasattr(config, "rotary_dim"):
+        inv_freq = next(b for n, b in hf_model.named_buffers() if n.endswith("inv_freq"))
+        assert 2 * inv_freq.shape[0] == config.rotary_dim

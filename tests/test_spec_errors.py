@@ -80,6 +80,10 @@ CASES = [
      ("config", "activation", "values", "relu"), "relu: mish", ["'mish' is not allowed", "gelu, gelu_tanh, relu, silu"]),
     ("invalid YAML", ("  block: sequential", "  block: [sequential"),
      (), "  norm: layernorm", ["invalid YAML"]),
+    ("MLP norm beside a shared norm", ("  block: sequential ", "  block: parallel_shared_norm "),
+     ("modules", "mlp_norm"), "mlp_norm: ln_2", ["'mlp_norm' is not used by this architecture"]),
+    ("sequential block without an MLP norm", ("  mlp_norm: ln_2\n", ""),
+     ("modules",), "modules:", ["missing required key 'mlp_norm'", "block sequential"]),
     ("layer index on one side only", ("  rules: []", "  rules:\n    - {param: \"transformer.h.{i}.attn.c_attn.weight\", from: transformer.c_attn.weight}"),
      ("weights", "rules", 0, "from"), "- {param", ["{i} must appear in both"]),
 ]

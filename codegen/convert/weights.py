@@ -39,13 +39,25 @@ def apply_transforms(array: np.ndarray, transforms: tuple[str, ...], config: Any
         if transform == "transpose":
             array = array.T
         elif transform == "deinterleave_qkv":
-            # Rows are [head][q|k|v][head_dim]; the KV cache wants [q|k|v][head][head_dim].
-            heads, head_dim = config.num_attention_heads, config.head_dim
-            rest = array.shape[1:]
-            array = array.reshape(heads, 3, head_dim, *rest).swapaxes(0, 1).reshape(3 * heads * head_dim, *rest)
+            array = _deinterleave_qkv(array, config)
         else:
             raise AssertionError(f"unknown weight transform {transform!r}")  # the schema allows no other
     return array
+
+
+def _deinterleave_qkv(array: np.ndarray, config: Any) -> np.ndarray:
+    """Rows stored per KV head as [its group of q heads | k | v] (per head [q k v] when every query
+    head has its own KV head) -> all q, all k, all v rows, as the KV cache wants them."""
+    heads, kv_heads, head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    group, rest = heads // kv_heads, array.shape[1:]
+    grouped = array.reshape(kv_heads, group + 2, head_dim, *rest)
+    return np.concatenate(
+        [
+            grouped[:, :group].reshape(heads * head_dim, *rest),
+            grouped[:, group].reshape(kv_heads * head_dim, *rest),
+            grouped[:, group + 1].reshape(kv_heads * head_dim, *rest),
+        ]
+    )
 
 
 def parameter_specs(model: GeneratedModel, config: Any, scheme: Scheme) -> dict[str, tuple[tuple[int, ...], str]]:

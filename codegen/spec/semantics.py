@@ -163,10 +163,12 @@ def _required_modules(architecture: Mapping[str, Any]) -> dict[str, str]:
         needed["gate_proj"] = "architecture.mlp.gated is true"
     if position == "learned":
         needed["embed_positions"] = "architecture.position is learned"
+    if architecture["block"] != "parallel_shared_norm":
+        needed["mlp_norm"] = f"architecture.block {architecture['block']} has a norm before the MLP"
     return needed
 
 
-_OPTIONAL_MODULES = ("qkv_proj", "q_proj", "k_proj", "v_proj", "gate_proj", "embed_positions")
+_OPTIONAL_MODULES = ("qkv_proj", "q_proj", "k_proj", "v_proj", "gate_proj", "embed_positions", "mlp_norm")
 
 
 def _check_modules(document: Located, architecture, modules) -> None:
@@ -298,8 +300,9 @@ def _parameters(architecture, modules) -> Iterator[Parameter]:
     for projection in projections:
         yield from linear(f"{attention}.{m[projection]}", qkv_bias)
     yield from linear(f"{attention}.{m['out_proj']}", architecture["attention"]["bias"]["out"])
-    for part in norm_parts:
-        yield Parameter(f"{layer}.{m['mlp_norm']}.{part}")
+    if architecture["block"] != "parallel_shared_norm":
+        for part in norm_parts:
+            yield Parameter(f"{layer}.{m['mlp_norm']}.{part}")
     up_bias = architecture["mlp"]["bias"]["up"]
     if architecture["mlp"]["gated"]:
         yield from linear(f"{mlp}.{m['gate_proj']}", up_bias)
@@ -328,7 +331,7 @@ def _weight_rules(document: Located, architecture, parameters) -> dict[str, Weig
                 where = key_path + ("from",) + ((position,) if isinstance(rule["from"], list) else ())
                 raise document.error(where, "{i} must appear in both param and from, or in neither")
         transforms = tuple(rule.get("transforms", ()))
-        if "deinterleave_qkv" in transforms and (architecture["attention"]["mode"] != "mha" or architecture["attention"]["qkv"] != "fused"):
-            raise document.error(key_path + ("transforms",), "deinterleave_qkv needs architecture.attention mode mha with fused qkv")
+        if "deinterleave_qkv" in transforms and (architecture["attention"]["mode"] == "mqa" or architecture["attention"]["qkv"] != "fused"):
+            raise document.error(key_path + ("transforms",), "deinterleave_qkv needs architecture.attention mode mha or gqa with fused qkv")
         rules[param] = WeightRule(param=param, sources=sources, transforms=transforms)
     return rules

@@ -4,7 +4,7 @@
 
 A parameter is read from one HF tensor, or from several concatenated along axis 0, after the listed
 transforms are applied to each source: transpose (swap the axes of a matrix) and deinterleave_qkv
-(per-head [q k v] rows -> all q, all k, all v rows).
+(rows stored per KV head as [q heads, k, v] -> all q, all k, all v rows).
 """
 
 import dataclasses

@@ -1,0 +1,67 @@
+# Generated from specs/falcon_40b.yaml by `codegen generate`. DO NOT EDIT: change the spec or templates/ and regenerate.
+# spec-sha256: f5a0c758a1f57f968acedd83f5ce51276445013a02532482489e30434a1dbe5e
+"""Where each Falcon40B model parameter comes from in a Hugging Face checkpoint.
+
+A parameter is read from one HF tensor, or from several concatenated along axis 0, after the listed
+transforms are applied to each source: transpose (swap the axes of a matrix) and deinterleave_qkv
+(rows stored per KV head as [q heads, k, v] -> all q, all k, all v rows).
+"""
+
+import dataclasses
+
+from .model import Falcon40BConfig
+
+# A checkpoint of the bare backbone (HF's base model class) names its tensors without this prefix.
+BACKBONE_PREFIX = "transformer."
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSource:
+    hf_names: tuple[str, ...]
+    transforms: tuple[str, ...] = ()
+
+
+def weight_map(config: Falcon40BConfig) -> dict[str, WeightSource]:
+    """Model parameter name -> its source in the HF checkpoint."""
+    sources = {
+        "transformer.word_embeddings.weight": WeightSource(("transformer.word_embeddings.weight",)),
+        "transformer.ln_f.weight": WeightSource(("transformer.ln_f.weight",)),
+        "transformer.ln_f.bias": WeightSource(("transformer.ln_f.bias",)),
+    }
+    for i in range(config.num_hidden_layers):
+        sources[f"transformer.h.{i}.ln_attn.weight"] = WeightSource(
+            (f"transformer.h.{i}.ln_attn.weight",)
+        )
+        sources[f"transformer.h.{i}.ln_attn.bias"] = WeightSource(
+            (f"transformer.h.{i}.ln_attn.bias",)
+        )
+        sources[f"transformer.h.{i}.self_attention.query_key_value.weight"] = WeightSource(
+            (f"transformer.h.{i}.self_attention.query_key_value.weight",),
+            transforms=("deinterleave_qkv",),
+        )
+        sources[f"transformer.h.{i}.self_attention.dense.weight"] = WeightSource(
+            (f"transformer.h.{i}.self_attention.dense.weight",)
+        )
+        sources[f"transformer.h.{i}.ln_mlp.weight"] = WeightSource(
+            (f"transformer.h.{i}.ln_mlp.weight",)
+        )
+        sources[f"transformer.h.{i}.ln_mlp.bias"] = WeightSource(
+            (f"transformer.h.{i}.ln_mlp.bias",)
+        )
+        sources[f"transformer.h.{i}.mlp.dense_h_to_4h.weight"] = WeightSource(
+            (f"transformer.h.{i}.mlp.dense_h_to_4h.weight",)
+        )
+        sources[f"transformer.h.{i}.mlp.dense_4h_to_h.weight"] = WeightSource(
+            (f"transformer.h.{i}.mlp.dense_4h_to_h.weight",)
+        )
+    if not config.tie_word_embeddings:
+        sources["lm_head.weight"] = WeightSource(("lm_head.weight",))
+    return sources
+
+
+def ignored_tensors(config: Falcon40BConfig) -> set[str]:
+    """HF tensors that are not parameters: buffers, and the LM head when it is tied to the embedding."""
+    ignored = set()
+    if config.tie_word_embeddings:
+        ignored.add("lm_head.weight")
+    return ignored
