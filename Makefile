@@ -26,7 +26,7 @@ DEMO_MODEL := $(BUILD)/demo-model
 RUN_MODEL := $(if $(MODEL_DIR),$(MODEL_DIR),$(DEMO_MODEL))
 ARTIFACT := $(BUILD)/artifact-$(notdir $(basename $(SPEC)))-$(TARGET)-$(QUANT)
 
-.PHONY: help setup generate check compile convert run demo test test-quick fuzz bench docs clean
+.PHONY: help setup generate check compile convert run demo test test-quick fuzz bench eval docs clean
 
 help:
 	@echo "make demo        generate, compile, convert and run a model on the CPU (the main job)"
@@ -34,7 +34,8 @@ help:
 	@echo "make test-quick  the tests not marked slow"
 	@echo "make generate    render specs/*.yaml into generated/ ; make check fails when it is stale"
 	@echo "make compile     SPEC=… PRESET=… TARGET=llvm|cuda QUANT=q0f32|q4f32_1|… -> $(BUILD)/…"
-	@echo "make bench       CPU speed of the compiled model against transformers eager"
+	@echo "make bench       CPU speed of the compiled model against transformers eager, per weight format"
+	@echo "make eval        perplexity per weight scheme on the demo model's held-out text"
 	@echo "make fuzz        long spec-fuzzing run"
 
 setup: $(STAMP)
@@ -55,7 +56,7 @@ compile: $(STAMP)
 	$(CODEGEN) compile --spec $(SPEC) $(if $(MODEL_DIR),--config $(MODEL_DIR)/config.json,--preset $(PRESET)) \
 		--target $(TARGET) --quantization $(QUANT) --output $(BUILD)/$(notdir $(basename $(SPEC)))-$(TARGET)-$(QUANT)
 
-$(DEMO_MODEL)/config.json: | $(STAMP)
+$(DEMO_MODEL)/config.json $(DEMO_MODEL)/heldout.txt &: | $(STAMP)
 	$(PY) -m codegen.demo_checkpoint --output $(DEMO_MODEL)
 
 demo: $(STAMP) generate $(if $(MODEL_DIR),,$(DEMO_MODEL)/config.json)
@@ -75,6 +76,13 @@ fuzz: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/cpu_bench.py
+
+# Perplexity per weight scheme on held-out text (the demo model's heldout.txt, or TEXT=... with MODEL_DIR).
+EVAL_SCHEMES ?= q0f32,q0f16,q0bf16,q8f32_1,q8f16_1,q4f32_1,q4f16_1
+TEXT ?=
+eval: $(STAMP) $(if $(MODEL_DIR),,$(DEMO_MODEL)/heldout.txt)
+	$(PY) bench/quality.py --spec $(SPEC) --model-dir $(RUN_MODEL) --schemes $(EVAL_SCHEMES) --workdir $(BUILD)/eval \
+		$(if $(TEXT),--text $(TEXT))
 
 docs: $(STAMP)
 	$(PY) -m codegen.spec.docs --write

@@ -32,22 +32,37 @@ def tiny_config(spec_path):
     return model, model.package.Config.from_dict(tiny_preset(spec, dict(spec.presets[first_preset])))
 
 
-@pytest.mark.parametrize("spec_path", SPECS, ids=lambda p: p.stem)
-def test_every_spec_cross_compiles_for_cuda(spec_path, tmp_path):
-    model, config = tiny_config(spec_path)
-    fields = compile_to_dir(model, config, BuildOptions(target="cuda", dtype="float16", cuda_arch="sm_80"), tmp_path)
-    assert (tmp_path / "model.so").stat().st_size > 0
-    metadata = json.loads((tmp_path / "metadata.json").read_text())
-    assert metadata["codegen"]["target"] == "cuda" and metadata["codegen"]["cuda_arch"] == "sm_80"
-    assert fields["params"] == metadata["params"]
+# Every spec once; the weight dtype and GPU arch rotate so each dtype and each arch is built somewhere.
+DTYPE_ARCHS = [("float16", "sm_80"), ("float32", "sm_90"), ("bfloat16", "sm_89"), ("float16", "sm_86")]
+CUDA_BUILDS = {spec.stem: (spec, *DTYPE_ARCHS[i % len(DTYPE_ARCHS)]) for i, spec in enumerate(SPECS)}
 
 
-@pytest.mark.parametrize("dtype,arch", [("float32", "sm_90"), ("bfloat16", "sm_89"), ("float16", "sm_86")])
-def test_cuda_library_exposes_the_model_functions(dtype, arch):
-    model, config = tiny_config(REPO_ROOT / "specs" / "gpt_bigcode.yaml")
-    executable, fields = build(model, config, BuildOptions(target="cuda", dtype=dtype, cuda_arch=arch))
-    assert set(MODEL_FUNCTIONS) | {"_metadata"} <= set(vm_functions(executable))
-    assert {p["dtype"] for p in fields["params"]} == {dtype}
+@pytest.fixture(scope="module")
+def cuda_artifact(tmp_path_factory):
+    """Compiles a spec's tiny preset for CUDA once per module: {spec name: artifact folder}."""
+    built = {}
+
+    def get(name: str):
+        if name not in built:
+            spec_path, dtype, arch = CUDA_BUILDS[name]
+            model, config = tiny_config(spec_path)
+            output = tmp_path_factory.mktemp(f"cuda-{name}")
+            compile_to_dir(model, config, BuildOptions(target="cuda", dtype=dtype, cuda_arch=arch), output)
+            built[name] = output
+        return built[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", sorted(CUDA_BUILDS))
+def test_every_spec_cross_compiles_for_cuda(name, cuda_artifact):
+    """`build` itself refuses a library that lacks one of the model functions."""
+    _, dtype, arch = CUDA_BUILDS[name]
+    artifact = cuda_artifact(name)
+    assert (artifact / "model.so").stat().st_size > 0
+    metadata = json.loads((artifact / "metadata.json").read_text())
+    assert metadata["codegen"]["target"] == "cuda" and metadata["codegen"]["cuda_arch"] == arch
+    assert {p["dtype"] for p in metadata["params"]} == {dtype}
 
 
 def test_wide_float16_model_compiles(tmp_path):
@@ -93,10 +108,9 @@ def test_cse_workaround_is_still_needed(monkeypatch):
 
 
 @pytest.mark.skipif(tvm.cuda(0).exist, reason="a GPU is present: bench/gpu_check.sh runs CUDA artifacts")
-def test_running_a_cuda_artifact_without_a_gpu_is_a_clear_error(tmp_path):
-    model, config = tiny_config(REPO_ROOT / "specs" / "gpt_bigcode.yaml")
-    compile_to_dir(model, config, BuildOptions(target="cuda", dtype="float16"), tmp_path)
+def test_running_a_cuda_artifact_without_a_gpu_is_a_clear_error(cuda_artifact):
+    artifact = cuda_artifact("gpt_bigcode")
     with pytest.raises(ArtifactError, match="no cuda device is present"):
-        Model(tmp_path)
+        Model(artifact)
     with pytest.raises(ArtifactError, match="compiled for cuda; it cannot run on device cpu"):
-        Model(tmp_path, device="cpu")
+        Model(artifact, device="cpu")
