@@ -126,8 +126,8 @@ def _nll(logits: np.ndarray, targets: list[int]) -> np.ndarray:
 
 def run_eval(args) -> int:
     """`codegen eval`: print ``perplexity: P over N tokens (C chunks of X)``, N the scored predictions."""
-    text = _read_text(args.text)
-    tokens = _tokenize(args.tokenizer, text)
+    text = read_text_file(args.text)
+    tokens = tokenize_text(args.tokenizer, text)
     model = Model(args.artifact, max_batch_size=EVAL_BATCH)
     context = args.context or min(DEFAULT_CONTEXT, model.context_window_size)
     chunks = len(split_chunks(tokens, context, model))
@@ -143,7 +143,7 @@ def run_eval(args) -> int:
     return 0
 
 
-def _read_text(path: Path) -> str:
+def read_text_file(path: Path) -> str:
     if not path.is_file():
         raise EvaluateError(f"{path}: no such text file; pass --text a UTF-8 text file")
     try:
@@ -152,7 +152,7 @@ def _read_text(path: Path) -> str:
         raise EvaluateError(f"{path}: not UTF-8 text (byte {exc.start}); pass a UTF-8 text file") from None
 
 
-def _tokenize(folder: Path, text: str) -> list[int]:
+def tokenize_text(folder: Path, text: str) -> list[int]:
     """Token ids of the text by the folder's tokenizer.json, without added special tokens (see the
     module docstring on BOS)."""
     from codegen.runtime.generation import load_tokenizer
