@@ -1,11 +1,16 @@
-"""CPU speed of a compiled model against transformers eager, measured side by side in one run.
+"""CPU speed of a compiled model in several weight formats against transformers eager, side by side.
 
-Both sides get the same random weights (one transformers model, saved and converted), the same
-prompt and decode tokens, and the same number of threads. Repetitions interleave the two sides so
-that load from other processes on the machine hits both alike. Peak memory is measured per side in
-a fresh subprocess (its resident-set high-water mark after loading and running prefill + decode once).
+Every side gets the same random weights (one transformers model, saved, and converted once per
+format), the same prompt and decode tokens, and the same number of threads. Each round times every
+format and eager float32 in turn, then the read bandwidth, so that load from other processes on the
+machine hits all alike and each format's decode is set against its own roofline (the bytes its
+decode step reads / that round's bandwidth). Peak memory is measured per side in a fresh
+subprocess (its resident-set high-water mark after loading and running prefill + decode once).
 
-    .venv/bin/python bench/cpu_bench.py [--preset tiny_starcoder] [--repeats 5] [--threads N]
+    .venv/bin/python bench/cpu_bench.py [--formats f32=q0f32,q4=q4f32_1] [--repeats 5] [--threads N]
+
+Other scripts (bench/quality.py, bench/llamacpp.py) import the pieces: _save_random_checkpoint,
+_build_artifact, CompiledSide, _measure, _timed, _tokens, SETTLE_SECONDS.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Pause before each timed block: after a parallel region torch's OpenMP threads and TVM's pool spin
 # for a while, and whatever runs next on the two cores would be timed against them.
 SETTLE_SECONDS = 0.5
+DEFAULT_FORMATS = "f32=q0f32,f16=q0f16,bf16=q0bf16,q8=q8f32_1,q4=q4f32_1"
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,7 +46,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--layers", type=int, default=None, help="override the preset's layer count")
     parser.add_argument(
-        "--quantization", default="q0f32", help="weight scheme of the compiled side (q0f32, q0bf16, q4f32_1, q8f32_1, ...)"
+        "--formats",
+        default=DEFAULT_FORMATS,
+        help="comma-separated LABEL=SCHEME (or bare SCHEME) to compile and time, in this order"
+        f" (default {DEFAULT_FORMATS})",
     )
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--decode-tokens", type=int, default=64)
@@ -64,11 +73,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 class CompiledSide:
-    name = "compiled"
-
-    def __init__(self, artifact: Path, max_total_seq_len: int):
+    def __init__(self, artifact: Path, max_total_seq_len: int, name: str = "compiled"):
         from codegen.runtime import Model
 
+        self.name = name
         self.model = Model(artifact, max_batch_size=1, max_total_seq_len=max_total_seq_len)
 
     def prefill(self, prompt: list[int]):
@@ -143,6 +151,32 @@ def _build_artifact(model, model_dir: Path, artifact: Path, threads: int, quanti
     compile_seconds = time.perf_counter() - started
     convert(model, model_dir, artifact, quantization=quantization, progress=False)
     return compile_seconds
+
+
+def parse_formats(text: str) -> dict[str, str]:
+    """"f32=q0f32,q4=q4f32_1" -> {"f32": "q0f32", "q4": "q4f32_1"}; a bare scheme is its own label."""
+    from codegen.spec.quantization import UnknownScheme, scheme
+
+    formats = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        label, _, name = item.rpartition("=")
+        label = label or name
+        if label in formats or label in (EagerSide.name, "bandwidth"):
+            raise SystemExit(f"--formats: label {label!r} is given twice or is reserved")
+        try:
+            formats[label] = scheme(name).name  # refused before any build
+        except UnknownScheme as exc:
+            raise SystemExit(f"--formats: {exc}") from None
+    if not formats:
+        raise SystemExit("--formats: give at least one LABEL=SCHEME")
+    return formats
+
+
+def _weight_bytes(artifact: Path) -> int:
+    """Bytes of the converted weights on disk (the tensor-cache shards)."""
+    from codegen.artifact.tensor_cache import SHARD_PREFIX
+
+    return sum(path.stat().st_size for path in artifact.glob(f"{SHARD_PREFIX}*.bin"))
 
 
 def _tokens(vocab_size: int, count: int, seed: int) -> list[int]:
@@ -275,33 +309,63 @@ def _status_mb(field: str) -> float:
 
 
 def _report(results: dict) -> str:
-    c, e = results["compiled"], results["eager"]
+    e = results["eager"]
     low, high = results["read_bandwidth_range_gbs"]
     layers = f" with {results['layers']} layers" if results["layers"] else ""
+    header = (
+        f"{'format':7} {'scheme':8} {'prefill ms':>10} {'/eager':>6} {'decode ms':>9} {'/eager':>6}"
+        f" {'roofline ms':>11} {'/roofline':>9} {'(best)':>6} {'weights MB':>10} {'peak RSS MB':>11}"
+        f" {'|dlogit|':>8} {'compile s':>9}"
+    )
+    rows = [
+        f"{label:7} {f['quantization']:8} {f['prefill_ms']:10.1f} {f['prefill_ratio']:6.2f} {f['decode_ms']:9.2f}"
+        f" {f['decode_ratio']:6.2f} {f['roofline_ms']:11.2f} {f['roofline_ratio']:9.2f} {f['best_roofline_ratio']:6.2f}"
+        f" {f['weight_bytes'] / 1e6:10.0f} {f['peak_rss_mb']:11.0f} {f['prefill_max_abs_diff']:8.1e} {f['compile_seconds']:9.1f}"
+        for label, f in results["formats"].items()
+    ]
     lines = [
-        f"model: {results['spec']} preset {results['preset']}{layers}, compiled {results['quantization']}"
-        f" against eager float32, {results['threads']} threads,"
-        f" prompt {results['prompt_tokens']} tokens, decode {results['decode_tokens']} tokens, {results['repeats']} repeats",
-        f"compile (llvm): {results['compile_seconds']:.1f} s",
-        f"{'':10} {'prefill ms':>11} {'decode ms/token':>16} {'peak RSS MB':>12} {'final RSS MB':>13}",
-        *(
-            f"{name:10} {s['prefill_ms']:11.1f} {s['decode_ms']:16.2f} {s['peak_rss_mb']:12.0f} {s['final_rss_mb']:13.0f}"
-            for name, s in (("compiled", c), ("eager", e))
-        ),
-        f"compiled/eager: prefill {results['prefill_ratio']:.2f}, decode {results['decode_ratio']:.2f}",
-        f"decode roofline: {results['decode_bytes'] / 1e6:.0f} MB / {results['read_bandwidth_gbs']:.1f} GB/s"
-        f" (median; rounds {low:.1f}-{high:.1f}) = {results['roofline_ms']:.2f} ms;"
-        f" compiled decode / same-round roofline = {results['roofline_ratio']:.2f} (median),"
-        f" {results['best_roofline_ratio']:.2f} (best round)",
-        f"best repeats: prefill {c['prefill_best_ms']:.1f} / {e['prefill_best_ms']:.1f} ms,"
-        f" decode {c['decode_best_ms']:.2f} / {e['decode_best_ms']:.2f} ms/token (compiled / eager)",
-        f"max |logit difference| after prefill: {results['prefill_max_abs_diff']:.2e}",
+        f"model: {results['spec']} preset {results['preset']}{layers}, {results['threads']} threads,"
+        f" prompt {results['prompt_tokens']} tokens, decode {results['decode_tokens']} tokens,"
+        f" {results['repeats']} interleaved rounds (medians)",
+        header,
+        *rows,
+        f"{'eager':7} {'float32':8} {e['prefill_ms']:10.1f} {'':6} {e['decode_ms']:9.2f} {'':6} {'':11} {'':9} {'':6}"
+        f" {e['weight_bytes'] / 1e6:10.0f} {e['peak_rss_mb']:11.0f}",
+        f"read bandwidth: {results['read_bandwidth_gbs']:.1f} GB/s (median; rounds {low:.1f}-{high:.1f});"
+        " roofline = bytes one decode step reads / that round's bandwidth; /roofline: median and best round",
+        "|dlogit|: max |logit difference| to eager float32 after prefill (quantized formats differ by design)",
     ]
     return "\n".join(lines)
 
 
 def _median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1e3
+
+
+def _summary(seconds: dict[str, list[float]]) -> dict[str, float]:
+    return {
+        "prefill_ms": _median_ms(seconds["prefill"]),
+        "decode_ms": _median_ms(seconds["decode"]),
+        "prefill_best_ms": min(seconds["prefill"]) * 1e3,
+        "decode_best_ms": min(seconds["decode"]) * 1e3,
+    }
+
+
+def _format_results(artifact: Path, config, seconds: dict, bandwidths: list[float], eager: dict) -> dict:
+    """One format's medians, ratios to eager and its decode against each round's own roofline."""
+    decode_bytes = _decode_bytes(artifact, config)
+    ratios = [step * read / decode_bytes for step, read in zip(seconds["decode"], bandwidths)]
+    summary = _summary(seconds)
+    return {
+        **summary,
+        "prefill_ratio": summary["prefill_ms"] / eager["prefill_ms"],
+        "decode_ratio": summary["decode_ms"] / eager["decode_ms"],
+        "decode_bytes": decode_bytes,
+        "roofline_ms": decode_bytes / statistics.median(bandwidths) * 1e3,
+        "roofline_ratio": statistics.median(ratios),
+        "best_roofline_ratio": min(ratios),
+        "weight_bytes": _weight_bytes(artifact),
+    }
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict:
@@ -311,59 +375,54 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     from codegen.models import load_model
 
     torch.set_num_threads(args.threads)
+    formats = parse_formats(args.formats)
     model = load_model(args.spec)
-    model_dir, artifact = workdir / "hf", workdir / "artifact"
+    model_dir = workdir / "hf"
+    artifacts = {label: workdir / f"artifact-{scheme}" for label, scheme in formats.items()}
     _save_random_checkpoint(model, args.preset, args.layers, model_dir)
-    compile_seconds = _build_artifact(model, model_dir, artifact, args.threads, args.quantization)
+    compile_seconds = {
+        label: _build_artifact(model, model_dir, artifacts[label], args.threads, scheme)
+        for label, scheme in formats.items()
+    }
     config = model.package.Config.from_file(model_dir / "config.json")
 
     prompt = _tokens(config.vocab_size, args.prompt_tokens, seed=1)
     decode = _tokens(config.vocab_size, args.decode_tokens, seed=2)
-    compiled = CompiledSide(artifact, args.prompt_tokens + args.decode_tokens)
     eager = EagerSide(model_dir)
-    difference = float(np.max(np.abs(compiled.prefill(prompt) - eager.prefill(prompt))))
-    times = _measure([compiled, eager], prompt, decode, args.repeats, ReadBandwidth())
+    compiled = [CompiledSide(path, args.prompt_tokens + args.decode_tokens, name=label) for label, path in artifacts.items()]
+    reference = eager.prefill(prompt)
+    differences = {side.name: float(np.max(np.abs(side.prefill(prompt) - reference))) for side in compiled}
+    times = _measure([*compiled, eager], prompt, decode, args.repeats, ReadBandwidth())
     del compiled, eager
 
-    bandwidth = statistics.median(times["bandwidth"]["bytes_per_second"])
-    decode_bytes = _decode_bytes(artifact, config)
-    # Each round's compiled decode against that round's roofline.
-    roofline_ratios = [
-        step * read / decode_bytes
-        for step, read in zip(times["compiled"]["decode"], times["bandwidth"]["bytes_per_second"])
-    ]
+    bandwidths = times["bandwidth"]["bytes_per_second"]
+    eager_results = {
+        **_summary(times["eager"]),
+        "weight_bytes": sum(path.stat().st_size for path in model_dir.glob("*.safetensors")),
+        **_memory_mb("eager", model_dir, artifacts[next(iter(formats))], args),
+    }
     results = {
         "spec": model.name,
         "preset": args.preset,
-        "quantization": args.quantization,
         "layers": args.layers,
         "threads": args.threads,
         "repeats": args.repeats,
         "prompt_tokens": args.prompt_tokens,
         "decode_tokens": args.decode_tokens,
-        "compile_seconds": compile_seconds,
-        "prefill_max_abs_diff": difference,
-        "read_bandwidth_gbs": bandwidth / 1e9,
-        "decode_bytes": decode_bytes,
-        "roofline_ms": decode_bytes / bandwidth * 1e3,
+        "read_bandwidth_gbs": statistics.median(bandwidths) / 1e9,
+        "read_bandwidth_range_gbs": [min(bandwidths) / 1e9, max(bandwidths) / 1e9],
+        "eager": eager_results,
+        "formats": {},
         "raw_seconds": times,
     }
-    for side in ("compiled", "eager"):
-        results[side] = {
-            "prefill_ms": _median_ms(times[side]["prefill"]),
-            "decode_ms": _median_ms(times[side]["decode"]),
-            "prefill_best_ms": min(times[side]["prefill"]) * 1e3,
-            "decode_best_ms": min(times[side]["decode"]) * 1e3,
-            **_memory_mb(side, model_dir, artifact, args),
+    for label, scheme in formats.items():
+        results["formats"][label] = {
+            "quantization": scheme,
+            "compile_seconds": compile_seconds[label],
+            "prefill_max_abs_diff": differences[label],
+            **_format_results(artifacts[label], config, times[label], bandwidths, eager_results),
+            **_memory_mb("compiled", model_dir, artifacts[label], args),
         }
-    results["prefill_ratio"] = results["compiled"]["prefill_ms"] / results["eager"]["prefill_ms"]
-    results["decode_ratio"] = results["compiled"]["decode_ms"] / results["eager"]["decode_ms"]
-    results["roofline_ratio"] = statistics.median(roofline_ratios)
-    results["best_roofline_ratio"] = min(roofline_ratios)
-    results["read_bandwidth_range_gbs"] = [
-        min(times["bandwidth"]["bytes_per_second"]) / 1e9,
-        max(times["bandwidth"]["bytes_per_second"]) / 1e9,
-    ]
     return results
 
 
