@@ -53,7 +53,9 @@ def perplexity(
 ) -> float:
     """Perplexity of the model on tokens, llama-perplexity's protocol with chunks of ``context``.
 
-    ``progress(done, total)`` is called after each batch of chunks.
+    Up to ``model.max_batch_size`` chunks run side by side; the model's KV cache is emptied before
+    and after each batch (sequences already in it are removed). ``progress(done, total)`` is
+    called after each batch of chunks.
     """
     chunks = split_chunks(tokens, context, model)
     batch = min(model.max_batch_size, len(chunks))
