@@ -37,7 +37,7 @@ def preset_values(spec: Spec, hf_config: dict[str, Any]) -> dict[str, Any]:
         raise PresetImportError(f"config.json model_type {model_type!r} is not {spec.hf_model_type!r} (spec {spec.name})")
     values: dict[str, Any] = {}
     # (HF source, the value the spec assumes when the config.json lacks it)
-    sources = [(field.hf, field.default) for field in spec.config_fields if field.hf]
+    sources = [(field.hf, field.default) for field in spec.config_fields if field.hf and field.kind != "rope_scaling"]
     sources += [(check["hf"], check.get("default")) for check in spec.config_checks]
     for source, default in sources:
         names = (source,) if isinstance(source, str) else tuple(source)
@@ -66,7 +66,32 @@ def preset_values(spec: Spec, hf_config: dict[str, Any]) -> dict[str, Any]:
         for other in names[names.index(found[0]) + 1 :]:
             if "." not in other and isinstance(hf_config.get(other), (bool, int, float, str)):
                 values.setdefault(other, hf_config[other])
+    scaling = spec.field("rope_scaling")
+    if scaling is not None:
+        values.update(_rope_scaling(scaling.hf, hf_config))
     return values
+
+
+# Entries of transformers 5's rope_parameters that other config fields read (rope_theta, rotary_fraction).
+_NOT_SCALING = ("rope_theta", "partial_rotary_factor")
+
+
+def _rope_scaling(source: str | tuple[str, ...], hf_config: dict[str, Any]) -> dict[str, Any]:
+    """{name: the scaling object} as a preset holds it (one nested level), or {} for plain RoPE."""
+    names = (source,) if isinstance(source, str) else tuple(source)
+    found = _first_present(hf_config, names)
+    if found is None:
+        return {}
+    name, value = found
+    if not isinstance(value, dict):
+        raise PresetImportError(f"config.json field {name!r} is {type(value).__name__}, not an object")
+    if value.get("rope_type", value.get("type", "default")) == "default":
+        return {}
+    scaling = {key: item for key, item in value.items() if key not in _NOT_SCALING}
+    bad = next((key for key, item in scaling.items() if not isinstance(item, (bool, int, float, str))), None)
+    if bad is not None:
+        raise PresetImportError(f"config.json field {name}.{bad} is {type(scaling[bad]).__name__}, not a number, boolean or string")
+    return {names[0]: scaling}
 
 
 def _first_present(hf_config: dict[str, Any], names: Iterable[str]) -> tuple[str, Any] | None:

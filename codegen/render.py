@@ -90,7 +90,7 @@ def comment_text(value: Any) -> Code:
 
 
 def field_type(kind: str) -> Code:
-    return Code({"int": "int", "float": "float", "bool": "bool", "activation": "str"}[kind])
+    return Code({"int": "int", "float": "float", "bool": "bool", "activation": "str", "rope_scaling": "dict"}[kind])
 
 
 def expression(value: expr.Expression) -> Code:

@@ -49,10 +49,17 @@ FAMILIES = {
         spec="specs/llama.yaml",
         config_class="LlamaConfig",
         model_class="LlamaForCausalLM",
+        # llama3 RoPE scaling (Llama 3.1+) with original_max_position_embeddings 32: of head_dim 16's eight
+        # frequencies, wavelengths 6.3 .. 1164 positions, one is kept (< 32 / high_freq_factor), two are
+        # blended and five divided by factor, so a wrong band moves the logits within 37 positions.
+        # Linear scaling (DeepSeek-Coder) is checked by the deepseek_coder_1_3b preset (tests/test_presets.py).
         config=dict(
             hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
-            intermediate_size=96, max_position_embeddings=WINDOW, vocab_size=VOCAB, rope_theta=500.0,
-            rms_norm_eps=1e-5,
+            intermediate_size=96, max_position_embeddings=WINDOW, vocab_size=VOCAB, rms_norm_eps=1e-5,
+            rope_parameters=dict(
+                rope_type="llama3", rope_theta=500.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                original_max_position_embeddings=32,
+            ),
         ),
     ),
     "santacoder_legacy": Family(
@@ -183,12 +190,18 @@ def test_scaled_rope_and_unsupported_options_are_refused():
     base = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
             "num_attention_heads": 4, "max_position_embeddings": 128, "vocab_size": 128}
     assert llama.package.Config.from_dict(base).num_key_value_heads == 4  # absent -> num_attention_heads
-    for bad in ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
-                {"rope_scaling": {"type": "linear", "factor": 2.0}},
-                {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}},
-                {"attention_bias": True}):
-        with pytest.raises(llama.package.ConfigError):
+    for bad, words in (({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "lacks the required field 'rope_scaling.low_freq_factor'"),
+                       ({"rope_scaling": {"type": "linear", "factor": -2.0}}, "'rope_scaling.factor' must be a positive"),
+                       ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}}, "rope_type 'yarn', which this model does not compute"),
+                       ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "rope_type 'dynamic'"),
+                       ({"attention_bias": True}, "attention_bias")):
+        with pytest.raises(llama.package.ConfigError, match=words):
             llama.package.Config.from_dict({**base, **bad})
+    linear = llama.package.Config.from_dict({**base, "rope_scaling": {"type": "linear", "factor": 4}})
+    assert linear.rope_scaling == {"rope_type": "linear", "factor": 4.0}
+    phi = load_model("phi")
+    with pytest.raises(phi.package.ConfigError, match="rope_parameters.rope_type='linear'"):
+        phi.package.Config.from_dict({**base, "model_type": "phi", "rope_parameters": {"rope_type": "linear", "factor": 2.0}})
     gpt2 = load_model("gpt2")
     with pytest.raises(gpt2.package.ConfigError, match="scale_attn_by_inverse_layer_idx"):
         gpt2.package.Config.from_dict({"n_embd": 64, "n_head": 4, "n_layer": 2, "n_positions": 64,

@@ -150,3 +150,17 @@ def test_cli(specs, tmp_path, capsys):
     assert main(["import-hf", str(config_json), "--into", str(spec_path), "--preset", "tiny"]) == 1
     assert "already has a preset 'tiny'" in capsys.readouterr().err
     assert main(["import-hf", str(config_json), "--into", str(spec_path), "--preset", "tiny", "--force"]) == 0
+
+
+def test_rope_scaling_is_imported_as_one_nested_object(specs, tmp_path):
+    """Llama 3.1's rope_scaling (transformers 5 writes it into rope_parameters) becomes a nested preset entry."""
+    spec_path = specs / "llama.yaml"
+    scaling = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=64)
+    config_json = _transformers_config(
+        tmp_path, "LlamaConfig", hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, vocab_size=100, rope_parameters=dict(scaling, rope_theta=5e5),
+    )
+    values = import_preset(config_json, spec_path, "llama3_import")
+    assert values["rope_scaling"] == scaling and values["rope_theta"] == 5e5
+    config, _ = _generated_config(spec_path, dict(load_spec(spec_path).presets["llama3_import"], model_type="llama"))
+    assert config.rope_scaling == scaling

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pytest
@@ -36,6 +37,11 @@ DECODE_STEPS = 5
 REWRITTEN_LAYOUTS = {"santacoder_legacy": ("gpt_bigcode", write_santacoder_legacy)}
 
 
+def _plain(values) -> dict:
+    """A preset as config.json holds it: the spec's frozen mappings (rope_scaling) as dicts."""
+    return {key: dict(value) if isinstance(value, Mapping) else value for key, value in values.items()}
+
+
 @pytest.mark.parametrize("spec_path", SPECS, ids=lambda p: p.stem)
 def test_every_preset_builds_a_config(spec_path):
     model = load_model(spec_path)
@@ -51,7 +57,7 @@ def test_tiny_preset_matches_transformers(spec_path, preset, artifacts, tmp_path
     spec = load_spec(spec_path)
     reference_name, rewrite = REWRITTEN_LAYOUTS.get(spec.name, (spec.name, None))
     reference = load_spec(REPO_ROOT / "specs" / f"{reference_name}.yaml")
-    hf_model = hf_model_from_config_dict(tiny_preset(reference, dict(reference.presets[preset])))
+    hf_model = hf_model_from_config_dict(tiny_preset(reference, _plain(reference.presets[preset])))
     model_dir = save_hf_model(hf_model, tmp_path / "hf")
     if rewrite is not None:
         rewrite(model_dir, tmp_path / "rewritten", hf_model)

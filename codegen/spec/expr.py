@@ -13,6 +13,8 @@ from codegen.errors import CodegenError
 
 _TOKEN = re.compile(r"\s*(?:(?P<number>\d+\.\d*(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?)|(?P<name>[A-Za-z_]\w*)|(?P<op>//|[-+*/()]))")
 _MAX_LENGTH = 200
+# Functions an expression may call -> the Python the generated module runs (it imports math).
+_FUNCTIONS = {"sqrt": "math.sqrt"}
 
 
 class ExpressionError(CodegenError):
@@ -53,7 +55,8 @@ def _tokenize(text: str) -> list[str]:
 
 
 class _Parser:
-    """Recursive descent: expression := term (('+'|'-') term)*, term := factor (('*'|'/'|'//') factor)*."""
+    """Recursive descent: expression := term (('+'|'-') term)*, term := factor (('*'|'/'|'//') factor)*,
+    factor := number | name | sqrt '(' expression ')' | '(' expression ')' | '-' factor."""
 
     def __init__(self, tokens: list[str]):
         self.tokens = tokens
@@ -93,6 +96,10 @@ class _Parser:
             return f"-{self.factor()}"
         if token[0].isdigit():
             return token
+        if (token[0].isalpha() or token[0] == "_") and self.peek() == "(":
+            if token not in _FUNCTIONS:
+                raise ExpressionError(f"unknown function {token!r}; functions: {', '.join(_FUNCTIONS)}")
+            return f"{_FUNCTIONS[token]}{self.factor()}"
         if token[0].isalpha() or token[0] == "_":
             self.names.add(token)
             return token

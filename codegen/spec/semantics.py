@@ -24,11 +24,12 @@ class ConfigField:
     """One model config field and where its value comes from."""
 
     name: str
-    kind: str  # "int" | "float" | "bool" | "activation"
+    kind: str  # "int" | "float" | "bool" | "activation" | "rope_scaling"
     hf: str | tuple[str, ...] | None  # a field or dotted path; a tuple is tried in order
     default: Any
     default_from: expr.Expression | None
     values: Mapping[str, str]  # activation fields: HF name -> computed activation
+    types: tuple[str, ...] = ()  # rope_scaling fields: the scaling types the model computes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +101,7 @@ _FIELD_KINDS = {
     "norm_eps": "float",
     "rope_theta": "float",
     "rotary_fraction": "float",
+    "rope_scaling": "rope_scaling",
     "tie_word_embeddings": "bool",
     "scale_attention": "bool",
     "activation": "activation",
@@ -207,6 +209,8 @@ def _config_fields(document: Located, architecture) -> tuple[ConfigField, ...]:
         "rope_theta": architecture["position"] == "rope",
         "rotary_fraction": architecture["position"] == "rope",
     }
+    if "rope_scaling" in config and architecture["position"] != "rope":
+        raise document.error(("config", "rope_scaling"), f"not used: position {architecture['position']} has no rotary embedding; remove it")
     for name, is_needed in needed.items():
         if is_needed and name not in config:
             reason = "attention.mode is gqa" if name == "num_key_value_heads" else "position is rope"
@@ -241,6 +245,7 @@ def _config_fields(document: Located, architecture) -> tuple[ConfigField, ...]:
             default=entry.get("default"),
             default_from=parsed,
             values=MappingProxyType(dict(entry.get("values", {}))),
+            types=tuple(entry.get("types", ())),
         )
     activation = fields["activation"]
     if activation.default is not None and activation.default not in activation.values:

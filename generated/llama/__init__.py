@@ -1,5 +1,5 @@
 # Generated from specs/llama.yaml by `codegen generate`. DO NOT EDIT: change the spec or templates/ and regenerate.
-# spec-sha256: 4212445c41040f62ed6416e7c9bfc3e8f6499b8f4089aae873348b01bf30b1f7
+# spec-sha256: d3f6117e2991a060273cd8e7f3972472c45cdc2eb8eb0adcd648dd9eb663833c
 """Llama: grouped-query attention, rotary positions, RMSNorm, gated SiLU MLP, no biases."""
 
 from .model import (

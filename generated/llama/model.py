@@ -1,5 +1,5 @@
 # Generated from specs/llama.yaml by `codegen generate`. DO NOT EDIT: change the spec or templates/ and regenerate.
-# spec-sha256: 4212445c41040f62ed6416e7c9bfc3e8f6499b8f4089aae873348b01bf30b1f7
+# spec-sha256: d3f6117e2991a060273cd8e7f3972472c45cdc2eb8eb0adcd648dd9eb663833c
 """Llama: grouped-query attention, rotary positions, RMSNorm, gated SiLU MLP, no biases.
 
 Relax model for TVM, following the MLC LLM model-library contract: embed, prefill, decode,
@@ -92,6 +92,37 @@ def _activation_name(hf_name: str, key: str, names: Mapping[str, str]) -> str:
             f"config.json {key}={hf_name!r} is not supported; supported: {', '.join(names)}"
         )
     return names[hf_name]
+
+
+# RoPE scaling types this model computes (in the KV cache's rotary kernel); any other is refused.
+ROPE_SCALING_TYPES = ("linear", "llama3")
+
+
+def _rope_scaling(hf_config: Mapping[str, Any], key: str | tuple[str, ...]) -> dict[str, Any]:
+    """The RoPE scaling config.json asks for, {} for plain RoPE; an unsupported type is an error."""
+    name, value = _lookup(hf_config, key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"config.json field {name!r} must be an object, got {value!r}")
+    rope_type = value.get("rope_type", value.get("type", "default"))
+    if rope_type == "default":
+        return {}
+    if rope_type not in ROPE_SCALING_TYPES:
+        raise ConfigError(
+            f"config.json {name} has rope_type {rope_type!r}, which this model does not compute"
+            f" (it would give wrong logits, so it is refused); supported: default, {', '.join(ROPE_SCALING_TYPES)}"
+        )
+    scaling = {"rope_type": rope_type, "factor": _read(hf_config, f"{name}.factor", float)}
+    if rope_type == "llama3":
+        for part in ("low_freq_factor", "high_freq_factor"):
+            scaling[part] = _read(hf_config, f"{name}.{part}", float)
+        scaling["original_max_position_embeddings"] = _read(
+            hf_config, f"{name}.original_max_position_embeddings", int
+        )
+        if scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
+            raise ConfigError(f"config.json {name}: high_freq_factor must exceed low_freq_factor")
+    return scaling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,6 +295,7 @@ class LlamaConfig:
     norm_eps: float
     rope_theta: float
     rotary_fraction: float
+    rope_scaling: dict
     tie_word_embeddings: bool
     scale_attention: bool
     activation: str
@@ -279,12 +311,6 @@ class LlamaConfig:
             raise ConfigError(f"config.json model_type {model_type!r} is not {HF_MODEL_TYPE!r}")
         _expect(hf_config, "attention_bias", False, default=False)
         _expect(hf_config, "mlp_bias", False, default=False)
-        _expect(
-            hf_config,
-            ("rope_parameters.rope_type", "rope_scaling.rope_type", "rope_scaling.type"),
-            "default",
-            default="default",
-        )
         vocab_size = _read(hf_config, "vocab_size", int)
         hidden_size = _read(hf_config, "hidden_size", int)
         intermediate_size = _read(hf_config, "intermediate_size", int)
@@ -302,6 +328,7 @@ class LlamaConfig:
             hf_config, ("rope_theta", "rope_parameters.rope_theta"), float, default=10000.0
         )
         rotary_fraction = 1.0
+        rope_scaling = _rope_scaling(hf_config, ("rope_scaling", "rope_parameters"))
         tie_word_embeddings = _read(hf_config, "tie_word_embeddings", bool, default=False)
         scale_attention = True
         activation = _activation_name(
@@ -321,6 +348,7 @@ class LlamaConfig:
             norm_eps=norm_eps,
             rope_theta=rope_theta,
             rotary_fraction=rotary_fraction,
+            rope_scaling=rope_scaling,
             tie_word_embeddings=tie_word_embeddings,
             scale_attention=scale_attention,
             activation=activation,
@@ -549,6 +577,13 @@ class LlamaForCausalLM(nn.Module):
         support_sliding_window: tirx.Var,
     ) -> PagedKVCache:
         config = self.config
+        rope_scale, rope_scaling = 1, {}
+        if config.rope_scaling.get("rope_type") == "linear":
+            # The cache multiplies positions by rope_scale: HF divides them by factor.
+            rope_scale = 1 / config.rope_scaling["factor"]
+        if config.rope_scaling.get("rope_type") == "llama3":
+            # The cache's rotary kernel computes the llama3 frequencies itself.
+            rope_scaling = config.rope_scaling
         return TIRPagedKVCache(
             attn_kind="mha",
             max_batch_size=max_batch_size,
@@ -565,9 +600,9 @@ class LlamaForCausalLM(nn.Module):
             mla_original_qk_head_dim=0,
             mla_original_v_head_dim=0,
             rope_mode=RopeMode.NORMAL,
-            rope_scale=1,
+            rope_scale=rope_scale,
             rope_theta=config.rope_theta,
-            rope_scaling={},
+            rope_scaling=rope_scaling,
             rope_ext_factors=relax.prim_value(0),
             rotary_dim=config.rotary_dim,
             enable_disaggregation=False,

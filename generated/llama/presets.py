@@ -1,5 +1,5 @@
 # Generated from specs/llama.yaml by `codegen generate`. DO NOT EDIT: change the spec or templates/ and regenerate.
-# spec-sha256: 4212445c41040f62ed6416e7c9bfc3e8f6499b8f4089aae873348b01bf30b1f7
+# spec-sha256: d3f6117e2991a060273cd8e7f3972472c45cdc2eb8eb0adcd648dd9eb663833c
 """Published config.json values of real Llama checkpoints, by preset name."""
 
 PRESETS = {
@@ -25,6 +25,41 @@ PRESETS = {
         "rms_norm_eps": 1e-05,
         "rope_theta": 10000.0,
         "vocab_size": 32000,
+        "tie_word_embeddings": False,
+    },
+    "deepseek_coder_1_3b": {
+        "hidden_size": 2048,
+        "intermediate_size": 5504,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 16,
+        "max_position_embeddings": 16384,
+        "rms_norm_eps": 1e-06,
+        "rope_theta": 100000,
+        "rope_scaling": {
+            "type": "linear",
+            "factor": 4.0,
+        },
+        "vocab_size": 32256,
+        "tie_word_embeddings": False,
+    },
+    "llama3_1_8b": {
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        "vocab_size": 128256,
         "tie_word_embeddings": False,
     },
 }
