@@ -1,20 +1,28 @@
 """GPU speed of a compiled starcoderbase-1b-shaped model against transformers eager, side by side.
 
 One random-weight transformers GPTBigCodeForCausalLM (the starcoderbase_1b preset: 24 layers, width
-2048, vocab 49152) in float16 on the GPU is saved with save_pretrained; codegen converts it to
-float16 and compiles it for cuda at the GPU's arch, so both sides hold the same weights. The context
-window is reduced (default 2048) so that the runtime's KV cache for 16 sequences stays small.
+2048, vocab 49152) in float16 on the GPU is saved with save_pretrained; codegen converts it under
+each weight scheme of --schemes (default q0f16: float16; q8f16_1 and q4f16_1 are group-quantized
+with float16 compute) and compiles it for cuda at the GPU's arch, so every side holds the same
+weights. The context window is reduced (default 2048) so that the runtime's KV cache for 16
+sequences stays small.
+
+Parity, per scheme, on the first batch-16 prefill: q0f16 against transformers float16 on the same
+weights; a quantized scheme against transformers float16 on those weights fake-quantized (each
+weight the scheme quantizes replaced by dequantize(quantize(W)), the values the artifact stores), so
+only the float16 arithmetic differs.
 
 Measured, interleaved (one warm-up round, then --repeats rounds of: each batch size, each side):
 prefill of a 128-token prompt per sequence, then --decode-tokens decode steps, at batch 1 and 16
 (batch_prefill/batch_decode over 16 sequences; transformers: one [16, 128] forward then [16, 1]
-forwards with its KV cache, use_cache=True, logits_to_keep=1). Both sides get the same token ids and
+forwards with its KV cache, use_cache=True, logits_to_keep=1); every scheme and eager float16 in
+each round. Both sides get the same token ids and
 bring the last-position logits back to the host each step (as a generation loop must), and CUDA is
 synchronised before and after each timed region. Prints medians, compiled/eager ratios, memory and
 the compile time, and writes JSON.
 
-    python3 bench/gpu_bench.py [--layers 24] [--repeats 5] [--json build/gpu-bench.json]
-    python3 bench/gpu_bench.py --build-only     # the CUDA compile alone (no GPU use): its time and size
+    python3 bench/gpu_bench.py [--schemes q0f16,q8f16_1,q4f16_1] [--layers 24] [--repeats 5] [--json build/gpu-bench.json]
+    python3 bench/gpu_bench.py --build-only     # the CUDA compiles alone (no GPU use): time and size
 """
 
 from __future__ import annotations
@@ -71,6 +79,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--workdir", type=Path, help="keep checkpoint and artifact here (default: a temp dir)"
     )
     parser.add_argument(
+        "--schemes", default="q0f16", help="comma-separated weight schemes of the compiled sides (float16 compute)"
+    )
+    parser.add_argument(
         "--build-only", action="store_true", help="compile for cuda and stop before any GPU use"
     )
     parser.add_argument(
@@ -113,16 +124,21 @@ def _arch(requested: str | None) -> str:
     return "sm_90"
 
 
-def _compile(model, config, arch: str, artifact: Path, reuse: bool) -> dict[str, Any]:
+def artifact_dir(workdir: Path, scheme: str) -> Path:
+    return workdir / f"artifact-{scheme}"
+
+
+def _compile(model, config, arch: str, artifact: Path, reuse: bool, scheme: str) -> dict[str, Any]:
     from codegen.build.compile import LIBRARY_NAME, METADATA_NAME, BuildOptions, compile_to_dir
 
     metadata = artifact / METADATA_NAME
     if reuse and (artifact / LIBRARY_NAME).is_file() and metadata.is_file():
-        build = json.loads(metadata.read_text())["codegen"]
+        fields = json.loads(metadata.read_text())
+        build = fields["codegen"]
         if (
             build["config"] == json.loads(json.dumps(config.to_dict()))
             and build["cuda_arch"] == arch
-            and build["dtype"] == "float16"
+            and fields.get("quantization") == scheme
         ):
             # compile_to_dir timed it when it built (gpu_check.sh builds in its CPU phase).
             return {
@@ -134,7 +150,7 @@ def _compile(model, config, arch: str, artifact: Path, reuse: bool) -> dict[str,
     started = time.perf_counter()
     target = "cuda" if DEVICE == "cuda" else "llvm"
     compile_to_dir(
-        model, config, BuildOptions(target=target, dtype="float16", cuda_arch=arch), artifact
+        model, config, BuildOptions(target=target, quantization=scheme, cuda_arch=arch), artifact
     )
     return {
         "compile_seconds": round(time.perf_counter() - started, 1),
@@ -147,13 +163,12 @@ def _compile(model, config, arch: str, artifact: Path, reuse: bool) -> dict[str,
 
 
 class CompiledSide:
-    name = "compiled"
-
-    def __init__(self, artifact: Path, max_batch_size: int):
+    def __init__(self, artifact: Path, max_batch_size: int, name: str):
         import tvm
 
         from codegen.runtime import Model
 
+        self.name = name
         self.device = tvm.cuda(0) if DEVICE == "cuda" else tvm.cpu(0)
         self.model = Model(artifact, device=DEVICE, max_batch_size=max_batch_size)
 
@@ -226,11 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke_cpu:
         DEVICE = "cpu"
     started = time.perf_counter()
+    schemes = _schemes(args.schemes)
     model, hf_config, config = _configs(args)
     arch = _arch(args.arch)
     result: dict[str, Any] = {
-        "model": f"gpt_bigcode {args.preset} shape, random weights, float16",
+        "model": f"gpt_bigcode {args.preset} shape, random weights, float16 compute",
         "device": DEVICE,
+        "schemes": schemes,
         "config": {
             **{k: hf_config[k] for k in ("n_embd", "n_head", "n_layer", "n_inner", "vocab_size")},
             "context_window_size": args.context,
@@ -238,20 +255,22 @@ def main(argv: list[str] | None = None) -> int:
         "prompt_tokens": args.prompt_tokens,
         "decode_tokens": args.decode_tokens,
         "repeats": args.repeats,
+        "compile": {},
     }
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as scratch:
         workdir = args.workdir or Path(scratch)
-        artifact = workdir / "artifact"
-        print(
-            f"compiling {result['config']} for {'cuda ' + arch if DEVICE == 'cuda' else 'llvm'} ...",
-            flush=True,
-        )
-        result["compile"] = _compile(model, config, arch, artifact, args.reuse_artifact)
-        reused = " (built earlier in this run, reused)" if result["compile"].get("reused") else ""
-        print(
-            f"compile: {result['compile']['compile_seconds']} s{reused}, library {result['compile']['library_bytes'] / 1e6:.1f} MB",
-            flush=True,
-        )
+        for scheme in schemes:
+            print(
+                f"compiling {result['config']} {scheme} for {'cuda ' + arch if DEVICE == 'cuda' else 'llvm'} ...",
+                flush=True,
+            )
+            built = _compile(model, config, arch, artifact_dir(workdir, scheme), args.reuse_artifact, scheme)
+            result["compile"][scheme] = built
+            reused = " (built earlier in this run, reused)" if built.get("reused") else ""
+            print(
+                f"compile {scheme}: {built['compile_seconds']} s{reused}, library {built['library_bytes'] / 1e6:.1f} MB",
+                flush=True,
+            )
         if args.build_only:
             result["build_only"] = True
             _write(args.json, result)
@@ -259,14 +278,65 @@ def main(argv: list[str] | None = None) -> int:
                 f"--build-only: stopped before the first GPU use ({time.perf_counter() - started:.1f} s in all)"
             )
             return 0
-        result.update(_measure(args, model, hf_config, workdir, artifact))
+        result.update(_measure(args, model, hf_config, workdir, schemes))
     result["total_seconds"] = round(time.perf_counter() - started, 1)
     _write(args.json, result)
     print(f"benchmark done in {result['total_seconds']} s; JSON: {args.json}")
     return 0
 
 
-def _measure(args, model, hf_config: dict, workdir: Path, artifact: Path) -> dict[str, Any]:
+def _schemes(text: str) -> list[str]:
+    """Names of --schemes, each a shipped scheme with float16 compute (the eager side's dtype)."""
+    from codegen.spec.quantization import scheme
+
+    names = [name for name in (part.strip() for part in text.split(",")) if name]
+    for name in names:
+        if scheme(name).model_dtype != "float16":
+            raise SystemExit(f"--schemes: {name} does not compute in float16; the GPU benchmark compares float16 sides")
+    if not names or len(set(names)) != len(names):
+        raise SystemExit(f"--schemes: give distinct scheme names, got {text!r}")
+    return names
+
+
+def _fake_quantized(hf, scheme_name: str):
+    """A copy of the transformers model whose weights are those the scheme stores, dequantized:
+    every nn.Linear weight and the token embedding unless the scheme keeps its role (a head tied
+    to the embedding follows it). The codes come from codegen's numpy quantizer, as convert's do."""
+    import copy
+
+    import torch
+
+    from codegen.convert.quantize import dequantize, quantize
+    from codegen.spec.quantization import scheme as find_scheme
+
+    scheme = find_scheme(scheme_name)
+    twin = copy.deepcopy(hf)
+    embedding, head = twin.get_input_embeddings(), twin.get_output_embeddings()
+    weights = [m.weight for m in twin.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    if "embedding" not in scheme.keep:
+        weights.append(embedding.weight)
+    if head is not None and head.weight is not embedding.weight and "lm_head" not in scheme.keep:
+        weights.append(head.weight)
+    with torch.no_grad():
+        for weight in weights:
+            codes, scales = quantize(weight.detach().cpu().numpy(), scheme)
+            weight.copy_(torch.from_numpy(dequantize(codes, scales, scheme)).to(weight.dtype))
+    return twin
+
+
+def _parity(compiled: CompiledSide, reference, prompts: list[list[int]]) -> dict[str, float]:
+    """Both sides compute the same function on the same weights (float16 both, so only roughly equal)."""
+    import numpy as np
+
+    ours, theirs = compiled.prefill(prompts), EagerSide(reference).prefill(prompts)
+    return {
+        "max_abs_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(ours, theirs)),
+        "max_abs_logit": max(float(np.max(np.abs(b))) for b in theirs),
+        "argmax_agreement": float(np.mean([int(np.argmax(a)) == int(np.argmax(b)) for a, b in zip(ours, theirs)])),
+    }
+
+
+def _measure(args, model, hf_config: dict, workdir: Path, schemes: list[str]) -> dict[str, Any]:
     import numpy as np
     import torch
     import transformers
@@ -294,16 +364,17 @@ def _measure(args, model, hf_config: dict, workdir: Path, artifact: Path) -> dic
     hf.save_pretrained(hf_dir)
     timings["save_pretrained"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    convert(model, hf_dir, artifact, dtype="float16", progress=False)
-    timings["convert"] = time.perf_counter() - t
+    for scheme in schemes:
+        t = time.perf_counter()
+        convert(model, hf_dir, artifact_dir(workdir, scheme), quantization=scheme, progress=False)
+        timings[f"convert_{scheme}"] = time.perf_counter() - t
 
     _sync()
     if cuda:
         torch.cuda.empty_cache()
     free_before = torch.cuda.mem_get_info()[0] if cuda else 0
     t = time.perf_counter()
-    compiled = CompiledSide(artifact, max_batch_size=max(BATCH_SIZES))
+    compiled = [CompiledSide(artifact_dir(workdir, s), max(BATCH_SIZES), name=s) for s in schemes]
     timings["load_compiled"] = time.perf_counter() - t
     eager = EagerSide(hf)
     print("setup: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()), flush=True)
@@ -318,120 +389,111 @@ def _measure(args, model, hf_config: dict, workdir: Path, artifact: Path) -> dic
         for b in BATCH_SIZES
     }
 
-    # Sanity: both sides compute the same function (float16 both, so only roughly equal).
     prompts = inputs[BATCH_SIZES[-1]][0]
-    ours, theirs = compiled.prefill(prompts), eager.prefill(prompts)
-    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(ours, theirs))
-    scale = max(float(np.max(np.abs(b))) for b in theirs)
-    agree = float(np.mean([int(np.argmax(a)) == int(np.argmax(b)) for a, b in zip(ours, theirs)]))
-    out["parity_prefill_batch16"] = {
-        "max_abs_diff": diff,
-        "max_abs_logit": scale,
-        "argmax_agreement": agree,
-    }
-    print(
-        f"parity: max |dlogit| {diff:.3e} (max |logit| {scale:.3e}), argmax agreement {agree:.2f}",
-        flush=True,
-    )
+    out["parity_prefill_batch16"] = {}
+    for side in compiled:
+        reference = hf if side.name == "q0f16" else _fake_quantized(hf, side.name)
+        parity = out["parity_prefill_batch16"][side.name] = _parity(side, reference, prompts)
+        del reference
+        print(
+            f"parity {side.name}: max |dlogit| {parity['max_abs_diff']:.3e} (max |logit| {parity['max_abs_logit']:.3e}),"
+            f" argmax agreement {parity['argmax_agreement']:.2f}",
+            flush=True,
+        )
+    if cuda:
+        torch.cuda.empty_cache()
 
-    # Warm-up round (kernels load, cuBLAS picks algorithms, both caches reach full size).
+    sides = [*compiled, eager]
+    # Warm-up round (kernels load, cuBLAS picks algorithms, the caches reach full size).
     for b in BATCH_SIZES:
-        for side in (compiled, eager):
+        for side in sides:
             _round(side, *inputs[b], None)
     free_after = (
         torch.cuda.mem_get_info()[0] if cuda else 0
     )  # torch allocated nothing since free_before: TVM's
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    samples = {
-        (side, b): {"prefill_s": [], "decode_s": []}
-        for side in ("compiled", "eager")
-        for b in BATCH_SIZES
-    }
+    samples = {(side.name, b): {"prefill_s": [], "decode_s": []} for side in sides for b in BATCH_SIZES}
     for _ in range(args.repeats):
         for b in BATCH_SIZES:
-            for side in (compiled, eager):
+            for side in sides:
                 _round(side, *inputs[b], samples[(side.name, b)])
 
     out["results"] = {}
     for b in BATCH_SIZES:
-        row = {}
-        for side in ("compiled", "eager"):
-            s = samples[(side, b)]
-            prefill = statistics.median(s["prefill_s"])
-            decode = statistics.median(s["decode_s"])
-            row[side] = {
-                "prefill_ms": prefill * 1e3,
-                "prefill_tokens_per_s": b * args.prompt_tokens / prefill,
-                "decode_ms_per_step": decode * 1e3 / args.decode_tokens,
-                "decode_tokens_per_s": b * args.decode_tokens / decode,
-                "prefill_ms_all": [x * 1e3 for x in s["prefill_s"]],
-                "decode_ms_per_step_all": [x * 1e3 / args.decode_tokens for x in s["decode_s"]],
-            }
-        row["compiled_over_eager"] = {
-            "prefill_time_ratio": row["compiled"]["prefill_ms"] / row["eager"]["prefill_ms"],
-            "prefill_throughput_ratio": row["compiled"]["prefill_tokens_per_s"]
-            / row["eager"]["prefill_tokens_per_s"],
-            "decode_time_ratio": row["compiled"]["decode_ms_per_step"]
-            / row["eager"]["decode_ms_per_step"],
-            "decode_throughput_ratio": row["compiled"]["decode_tokens_per_s"]
-            / row["eager"]["decode_tokens_per_s"],
-        }
+        row = {side.name: _side_summary(samples[(side.name, b)], b, args) for side in sides}
+        row["over_eager"] = {s: _ratios(row[s], row[eager.name]) for s in schemes}
         out["results"][f"batch_{b}"] = row
 
-    params_bytes = sum(
-        int(np.prod(p["shape"])) * np.dtype(p["dtype"]).itemsize
-        for p in compiled.model.metadata["params"]
-    )
-    kv = compiled.model.metadata["kv_cache"]
-    kv_bytes = (
-        2
-        * kv["num_hidden_layers"]
-        * kv["num_key_value_heads"]
-        * kv["head_dim"]
-        * compiled.model.max_total_seq_len
-        * 2
-    )
+    kv = compiled[0].model.metadata["kv_cache"]
+    kv_bytes = 2 * kv["num_hidden_layers"] * kv["num_key_value_heads"] * kv["head_dim"] * compiled[0].model.max_total_seq_len * 2
     out["memory"] = {
         "eager_max_memory_allocated_bytes": torch.cuda.max_memory_allocated() if cuda else 0,
         "eager_params_bytes": sum(p.numel() * p.element_size() for p in hf.parameters()),
-        "compiled_params_bytes": params_bytes,
-        "compiled_kv_cache_estimate_bytes": kv_bytes,
-        "compiled_kv_cache_tokens": compiled.model.max_total_seq_len,
-        "compiled_device_bytes_measured": free_before - free_after,
+        "compiled_params_bytes": {side.name: _params_bytes(side.model.metadata) for side in compiled},
+        "compiled_kv_cache_estimate_bytes_each": kv_bytes,
+        "compiled_kv_cache_tokens": compiled[0].model.max_total_seq_len,
+        "compiled_device_bytes_measured_all": free_before - free_after,
     }
     out["setup_seconds"] = {k: round(v, 1) for k, v in timings.items()}
-    _print_table(out, args)
+    _print_table(out, args, [side.name for side in sides])
     return out
 
 
-def _print_table(out: dict[str, Any], args) -> None:
+def _side_summary(s: dict[str, list[float]], batch: int, args) -> dict[str, Any]:
+    prefill, decode = statistics.median(s["prefill_s"]), statistics.median(s["decode_s"])
+    return {
+        "prefill_ms": prefill * 1e3,
+        "prefill_tokens_per_s": batch * args.prompt_tokens / prefill,
+        "decode_ms_per_step": decode * 1e3 / args.decode_tokens,
+        "decode_tokens_per_s": batch * args.decode_tokens / decode,
+        "prefill_ms_all": [x * 1e3 for x in s["prefill_s"]],
+        "decode_ms_per_step_all": [x * 1e3 / args.decode_tokens for x in s["decode_s"]],
+    }
+
+
+def _ratios(side: dict[str, Any], eager: dict[str, Any]) -> dict[str, float]:
+    return {
+        "prefill_time_ratio": side["prefill_ms"] / eager["prefill_ms"],
+        "prefill_throughput_ratio": side["prefill_tokens_per_s"] / eager["prefill_tokens_per_s"],
+        "decode_time_ratio": side["decode_ms_per_step"] / eager["decode_ms_per_step"],
+        "decode_throughput_ratio": side["decode_tokens_per_s"] / eager["decode_tokens_per_s"],
+    }
+
+
+def _params_bytes(metadata: dict) -> int:
+    import numpy as np
+
+    return sum(int(np.prod(p["shape"])) * np.dtype(p["dtype"]).itemsize for p in metadata["params"])
+
+
+def _print_table(out: dict[str, Any], args, names: list[str]) -> None:
     print(
         f"\n{out['gpu']}: medians of {args.repeats} interleaved rounds; prompt {args.prompt_tokens}, {args.decode_tokens} decode steps"
     )
     print(
         f"{'':10s}{'side':10s}{'prefill ms':>12s}{'prefill tok/s':>15s}{'decode ms/step':>16s}{'decode tok/s':>14s}"
+        f"{'prefill /eager':>16s}{'decode /eager':>15s}"
     )
     for key, row in out["results"].items():
-        for side in ("compiled", "eager"):
-            r = row[side]
+        for name in names:
+            r = row[name]
+            ratio = row["over_eager"].get(name)
+            shown = f"{ratio['prefill_time_ratio']:16.2f}{ratio['decode_time_ratio']:15.2f}" if ratio else ""
             print(
-                f"{key:10s}{side:10s}{r['prefill_ms']:12.2f}{r['prefill_tokens_per_s']:15.0f}{r['decode_ms_per_step']:16.3f}{r['decode_tokens_per_s']:14.0f}"
+                f"{key:10s}{name:10s}{r['prefill_ms']:12.2f}{r['prefill_tokens_per_s']:15.0f}{r['decode_ms_per_step']:16.3f}"
+                f"{r['decode_tokens_per_s']:14.0f}{shown}"
             )
-        ratio = row["compiled_over_eager"]
-        print(
-            f"{key:10s}{'ratio':10s} compiled/eager: prefill time {ratio['prefill_time_ratio']:.2f}x "
-            f"(throughput {ratio['prefill_throughput_ratio']:.2f}x), decode time {ratio['decode_time_ratio']:.2f}x "
-            f"(throughput {ratio['decode_throughput_ratio']:.2f}x)"
-        )
     m = out["memory"]
     gib = 1 << 30
+    params = ", ".join(f"{name} {size / gib:.2f}" for name, size in m["compiled_params_bytes"].items())
     print(
         f"memory: eager max_memory_allocated {m['eager_max_memory_allocated_bytes'] / gib:.2f} GiB "
-        f"(params {m['eager_params_bytes'] / gib:.2f}); compiled params {m['compiled_params_bytes'] / gib:.2f} GiB "
-        f"+ KV cache {m['compiled_kv_cache_estimate_bytes'] / gib:.2f} GiB ({m['compiled_kv_cache_tokens']} tokens), "
-        f"device memory taken {m['compiled_device_bytes_measured'] / gib:.2f} GiB"
+        f"(params {m['eager_params_bytes'] / gib:.2f}); compiled params GiB: {params}; "
+        f"KV cache {m['compiled_kv_cache_estimate_bytes_each'] / gib:.2f} GiB each ({m['compiled_kv_cache_tokens']} tokens), "
+        f"device memory taken by all compiled sides {m['compiled_device_bytes_measured_all'] / gib:.2f} GiB"
     )
+    print("time ratios are compiled / eager float16 (below 1: compiled faster)")
 
 
 def _write(path: Path, result: dict[str, Any]) -> None:

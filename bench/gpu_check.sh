@@ -5,8 +5,10 @@
 #   device: run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=600)
 #
 # Phases (each timed): install the carried packages into /tmp/site; versions and imports; the CUDA
-# builds of the parity models (tests/test_gpu.py) and of the benchmark model (bench/gpu_bench.py),
-# side by side on the CPU cores; tests/test_gpu.py on the GPU; bench/gpu_bench.py on the GPU.
+# builds of the parity models (tests/test_gpu.py) and of the benchmark model (bench/gpu_bench.py) in
+# each of BENCH_SCHEMES (float16, 8- and 4-bit group quantization with float16 compute), side by
+# side on the CPU cores; tests/test_gpu.py on the GPU; bench/gpu_bench.py on the GPU: parity and
+# tokens/s of every scheme that built, interleaved with transformers float16.
 # Logs and JSON go to $OUT (./build/gpu-check when unset): gpu_check.log, phases.json,
 # parity_build.json, bench_build.json, test_gpu.xml, gpu_bench.json. Built artifacts go to $WORK
 # (/tmp/gpu-check-work), not $OUT: only 8 files of 16 MiB come back.
@@ -161,27 +163,37 @@ if command -v nvidia-smi > /dev/null; then
     cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d ' .')
     [[ $cap =~ ^[0-9]+$ ]] && ARCH=sm_$cap
 fi
+BENCH_SCHEMES=${BENCH_SCHEMES:-q0f16 q8f16_1 q4f16_1}  # a word list (bash cannot export arrays)
+read -ra schemes <<< "$BENCH_SCHEMES"
 CORES=$(nproc)
-PARITY_JOBS=$(( CORES > 2 ? CORES - 2 : 1 ))
+PARITY_JOBS=$(( CORES > ${#schemes[@]} + 1 ? CORES - ${#schemes[@]} - 1 : 1 ))
 (( PARITY_JOBS > 8 )) && PARITY_JOBS=8
 echo
-echo "CUDA arch $ARCH; parity builds with $PARITY_JOBS jobs beside the benchmark model's build"
+echo "CUDA arch $ARCH; parity builds with $PARITY_JOBS jobs beside the benchmark model's builds ($BENCH_SCHEMES)"
 build_all() {
     rm -rf "$WORK/parity" "$WORK/bench"
     "$PY" -m tests.test_gpu --build-only "$WORK/parity" --arch "$ARCH" --jobs "$PARITY_JOBS" > "$WORK/parity_build.log" 2>&1 &
-    local parity=$!
-    "$PY" bench/gpu_bench.py --build-only --arch "$ARCH" --workdir "$WORK/bench" --json "$OUT/bench_build.json" > "$WORK/bench_build.log" 2>&1 &
-    local bench=$!
+    local parity=$! scheme pids=() rc_bench=0
+    for scheme in $BENCH_SCHEMES; do  # one process per scheme: the compiles run side by side
+        "$PY" bench/gpu_bench.py --build-only --schemes "$scheme" --arch "$ARCH" --workdir "$WORK/bench" \
+            --json "$WORK/bench_build_$scheme.json" > "$WORK/bench_build_$scheme.log" 2>&1 &
+        pids+=($!)
+    done
     wait $parity; local rc_parity=$?
-    wait $bench; local rc_bench=$?
+    for pid in "${pids[@]}"; do wait "$pid" || rc_bench=$?; done
     local noise='Fast mode segfaults|File "(Objects|Python|Modules|\./Include)/|in _start$|0xffffffffffffffff|^\s*$'
     echo "--- parity models (rc $rc_parity):"; grep -Ev "$noise" "$WORK/parity_build.log" | tail -60
-    echo "--- benchmark model (rc $rc_bench):"; grep -Ev "$noise" "$WORK/bench_build.log" | tail -12
+    for scheme in $BENCH_SCHEMES; do
+        echo "--- benchmark model $scheme:"; grep -Ev "$noise" "$WORK/bench_build_$scheme.log" | tail -12
+    done
     [[ -f $WORK/parity/manifest.json ]] && cp "$WORK/parity/manifest.json" "$OUT/parity_build.json"
+    # One file back for all schemes: a device call returns at most 8 files.
+    "$PY" -c 'import json, sys; print(json.dumps({p: json.load(open(p)) for p in sys.argv[1:]}, indent=1))' \
+        "$WORK"/bench_build_*.json > "$OUT/bench_build.json"
     (( rc_parity == 0 && rc_bench == 0 ))
 }
 export -f build_all
-export PY WORK OUT ARCH PARITY_JOBS
+export PY WORK OUT ARCH PARITY_JOBS BENCH_SCHEMES
 phase cuda_builds "${TIMEOUT_BUILDS:-300}" bash -c build_all
 
 (( DRY_RUN )) && finish  # says that it stopped before the first GPU use
@@ -194,9 +206,19 @@ if [[ -f $WORK/parity/manifest.json ]]; then
 else
     echo "=== test_gpu skipped: the parity builds left no manifest"; FAILED+=(test_gpu)
 fi
-if [[ -f $WORK/bench/artifact/model.so ]]; then
-    phase gpu_bench "${TIMEOUT_BENCH:-240}" "$PY" bench/gpu_bench.py --arch "$ARCH" --workdir "$WORK/bench" --reuse-artifact --json "$OUT/gpu_bench.json"
+# Every scheme whose build succeeded is measured; a missing one is a failure of its own.
+BUILT=()
+for scheme in $BENCH_SCHEMES; do
+    if [[ -f $WORK/bench/artifact-$scheme/model.so ]]; then
+        BUILT+=("$scheme")
+    else
+        echo "=== gpu_bench: the benchmark model did not build for $scheme"; FAILED+=("gpu_bench_build_$scheme")
+    fi
+done
+if (( ${#BUILT[@]} )); then
+    phase gpu_bench "${TIMEOUT_BENCH:-300}" "$PY" bench/gpu_bench.py --schemes "$(IFS=,; echo "${BUILT[*]}")" --arch "$ARCH" \
+        --workdir "$WORK/bench" --reuse-artifact --json "$OUT/gpu_bench.json"
 else
-    echo "=== gpu_bench skipped: the benchmark model did not build"; FAILED+=(gpu_bench)
+    echo "=== gpu_bench skipped: the benchmark model built for no scheme"; FAILED+=(gpu_bench)
 fi
 finish
