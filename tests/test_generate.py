@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 
@@ -19,18 +20,31 @@ def test_committed_generated_tree_is_current():
     assert render.stale_files() == [], "generated/ is stale: run `make generate` and commit"
 
 
-def test_generate_is_deterministic(tmp_path):
-    render.generate(tmp_path / "first")
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """One fresh render of every spec (black makes each take seconds); tests copy it to edit it."""
+    output = tmp_path_factory.mktemp("rendered") / "generated"
+    render.generate(output)
+    return output
+
+
+def _python_files(tree):
+    return {p.relative_to(tree): p.read_bytes() for p in tree.rglob("*.py")}
+
+
+def _copy(rendered, tmp_path):
+    return shutil.copytree(rendered, tmp_path / "out")
+
+
+def test_generate_is_deterministic(rendered, tmp_path):
     render.generate(tmp_path / "second")
-    first = {p.relative_to(tmp_path / "first"): p.read_bytes() for p in (tmp_path / "first").rglob("*.py")}
-    second = {p.relative_to(tmp_path / "second"): p.read_bytes() for p in (tmp_path / "second").rglob("*.py")}
-    assert first == second
-    committed = {p.relative_to(GENERATED): p.read_bytes() for p in GENERATED.rglob("*.py")}
-    assert first == committed
+    first = _python_files(rendered)
+    assert first == _python_files(tmp_path / "second")
+    assert first == _python_files(GENERATED)
 
 
-def test_stale_files_reports_edits_and_orphans(tmp_path):
-    render.generate(tmp_path / "out")
+def test_stale_files_reports_edits_and_orphans(rendered, tmp_path):
+    _copy(rendered, tmp_path)
     model = tmp_path / "out" / "gpt_bigcode" / "model.py"
     model.write_text(model.read_text() + "# hand edit\n")
     (tmp_path / "out" / "gpt_bigcode" / "extra.py").write_text("")
@@ -72,8 +86,8 @@ def test_diff_shows_only_real_differences():
     assert not any("class " in line or "ARCHITECTURE" in line for line in changed), "identity is aligned"
 
 
-def test_check_command_fails_on_a_stale_tree(tmp_path, monkeypatch):
-    render.generate(tmp_path / "out")
+def test_check_command_fails_on_a_stale_tree(rendered, tmp_path, monkeypatch):
+    _copy(rendered, tmp_path)
     (tmp_path / "out" / "gpt_bigcode" / "weights.py").write_text("# stale\n")
     monkeypatch.setattr(paths, "generated_dir", lambda: tmp_path / "out")
     from codegen.cli import main
