@@ -26,7 +26,7 @@ DEMO_MODEL := $(BUILD)/demo-model
 RUN_MODEL := $(if $(MODEL_DIR),$(MODEL_DIR),$(DEMO_MODEL))
 ARTIFACT := $(BUILD)/artifact-$(notdir $(basename $(SPEC)))-$(TARGET)-$(QUANT)
 
-.PHONY: help setup generate check compile convert run demo test test-quick fuzz bench eval docs clean
+.PHONY: help setup generate check compile convert run demo test test-quick fuzz bench bench-llamacpp eval docs clean
 
 help:
 	@echo "make demo        generate, compile, convert and run a model on the CPU (the main job)"
@@ -35,6 +35,7 @@ help:
 	@echo "make generate    render specs/*.yaml into generated/ ; make check fails when it is stale"
 	@echo "make compile     SPEC=… PRESET=… TARGET=llvm|cuda QUANT=q0f32|q4f32_1|… -> $(BUILD)/…"
 	@echo "make bench       CPU speed of the compiled model against transformers eager, per weight format"
+	@echo "make bench-llamacpp  opt-in: builds llama.cpp, then the compiled model against it on its formats"
 	@echo "make eval        perplexity per weight scheme on the demo model's held-out text"
 	@echo "make fuzz        long spec-fuzzing run"
 
@@ -76,6 +77,10 @@ fuzz: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/cpu_bench.py
+
+# LLAMACPP_ARGS: more options of bench/llamacpp.py (see its --help), e.g. '--rounds 3 --threads 2'.
+bench-llamacpp: $(STAMP)
+	$(PY) bench/llamacpp.py $(LLAMACPP_ARGS)
 
 # Perplexity per weight scheme on held-out text (the demo model's heldout.txt, or TEXT=... with MODEL_DIR).
 EVAL_SCHEMES ?= q0f32,q0f16,q0bf16,q8f32_1,q8f16_1,q4f32_1,q4f16_1
