@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from codegen.errors import CodegenError  # noqa: E402
+
 # The checkpoint, compile/convert and timing of the compiled side are cpu_bench's, so both
 # benchmarks measure the compiled model alike.
 from cpu_bench import (  # noqa: E402
@@ -125,9 +126,15 @@ def _build_into(build: LlamaCpp, cache_dir: Path, version: str, jobs: int) -> No
         "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
     ]  # fmt: skip
     started = time.perf_counter()
-    print(f"llama.cpp: configuring ({'Ninja' if generator else 'default generator'}); log {log}", flush=True)
+    print(
+        f"llama.cpp: configuring ({'Ninja' if generator else 'default generator'}); log {log}",
+        flush=True,
+    )
     _run_logged(configure, log, "configuring llama.cpp with CMake")
-    print(f"llama.cpp: building {', '.join(BINARIES)} with {jobs} jobs (several minutes on 2 cores)", flush=True)
+    print(
+        f"llama.cpp: building {', '.join(BINARIES)} with {jobs} jobs (several minutes on 2 cores)",
+        flush=True,
+    )
     _run_logged(
         ["cmake", "--build", str(objects), f"-j{jobs}", "--target", *BINARIES],
         log,
@@ -139,7 +146,9 @@ def _build_into(build: LlamaCpp, cache_dir: Path, version: str, jobs: int) -> No
         shutil.copy2(objects / "bin" / name, build.binary(name))
     shutil.rmtree(objects)  # object files: ~1 GB, not needed once the static binaries exist
     if not build.is_complete():
-        raise LlamaCppError(f"the llama.cpp build in {build.root} finished without {', '.join(BINARIES)}")
+        raise LlamaCppError(
+            f"the llama.cpp build in {build.root} finished without {', '.join(BINARIES)}"
+        )
     print(f"llama.cpp: built in {time.perf_counter() - started:.0f} s", flush=True)
 
 
@@ -148,7 +157,7 @@ def _download_sdist(cache_dir: Path, version: str) -> Path:
     if sdist.is_file():
         return sdist
     print(f"llama.cpp: downloading the llama-cpp-python {version} sdist", flush=True)
-    # --no-binary for this package only: the sdist itself, while pip takes its build backend as a wheel.
+    # --no-binary for this package only: its sdist, while pip takes the build backend as a wheel.
     command = [
         sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
         "--no-binary", "llama-cpp-python", f"llama-cpp-python=={version}", "--dest", str(cache_dir),
@@ -191,7 +200,9 @@ def _run_logged(command: list[str], log: Path, what: str, progress: bool = False
     with log.open("a") as sink:
         sink.write(f"$ {' '.join(command)}\n")
         sink.flush()
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         for line in process.stdout:
             sink.write(line)
             fraction = _build_fraction(line) if progress else None
@@ -204,8 +215,7 @@ def _run_logged(command: list[str], log: Path, what: str, progress: bool = False
         raise LlamaCppError(f"{what} failed (exit {returncode}); the end of {log}:\n{tail}")
 
 
-
-# ---------------------------------------------------------------------------- the checkpoint in GGUF
+# ---------------------------------------------------------------------------- GGUF files
 
 # The llama.cpp format each compiled scheme is set against: the same weight width.
 LLAMACPP_FORMAT = {
@@ -227,7 +237,9 @@ QUANTIZE_SOURCE = "f32"
 # ids): a small one, which the converter pads with [PAD] entries up to the model's vocabulary.
 TOKENIZER_VOCAB = 2048
 TOKENIZER_TEXT_BYTES = 2_000_000
-CONVERTER_MODE = "--run-converter"  # internal: python bench/llamacpp.py --run-converter SOURCE ARGS...
+CONVERTER_MODE = (
+    "--run-converter"  # internal: python bench/llamacpp.py --run-converter SOURCE ARGS...
+)
 
 
 def save_tokenizer(folder: Path) -> None:
@@ -244,7 +256,9 @@ def save_tokenizer(folder: Path) -> None:
     wrapped.save_pretrained(folder)
 
 
-def make_ggufs(llamacpp: LlamaCpp, model_dir: Path, folder: Path, formats: list[str], threads: int) -> dict[str, Path]:
+def make_ggufs(
+    llamacpp: LlamaCpp, model_dir: Path, folder: Path, formats: list[str], threads: int
+) -> dict[str, Path]:
     """The checkpoint in each llama.cpp format: float formats through the vendored converter, the
     quantized ones by llama-quantize from the float32 file."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -260,7 +274,13 @@ def make_ggufs(llamacpp: LlamaCpp, model_dir: Path, folder: Path, formats: list[
             ]  # fmt: skip
             _run_logged(command, log, f"converting {model_dir} to GGUF {fmt}")
         else:
-            command = [str(llamacpp.binary("llama-quantize")), str(paths[QUANTIZE_SOURCE]), str(paths[fmt]), fmt, str(threads)]
+            command = [
+                str(llamacpp.binary("llama-quantize")),
+                str(paths[QUANTIZE_SOURCE]),
+                str(paths[fmt]),
+                fmt,
+                str(threads),
+            ]
             _run_logged(command, log, f"quantizing to GGUF {fmt}")
     return {fmt: paths[fmt] for fmt in formats}
 
@@ -297,7 +317,9 @@ def _splits_like_gpt2(tokenizer_json: Path) -> bool:
         return False
     data = json.loads(tokenizer_json.read_text())
     pre = data.get("pre_tokenizer") or {}
-    return not data.get("normalizer") and pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
+    return (
+        not data.get("normalizer") and pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
+    )
 
 
 def gguf_tensor_bytes(source: Path, path: Path) -> dict[str, int]:
@@ -308,7 +330,9 @@ def gguf_tensor_bytes(source: Path, path: Path) -> dict[str, int]:
 
     by_type: dict[str, int] = {}
     for tensor in GGUFReader(path).tensors:
-        by_type[tensor.tensor_type.name] = by_type.get(tensor.tensor_type.name, 0) + int(tensor.n_bytes)
+        by_type[tensor.tensor_type.name] = by_type.get(tensor.tensor_type.name, 0) + int(
+            tensor.n_bytes
+        )
     return by_type
 
 
@@ -341,22 +365,51 @@ class LlamaBenchSide:
         ]  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode:
-            raise LlamaCppError(f"{' '.join(command)} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+            raise LlamaCppError(
+                f"{' '.join(command)} failed (exit {result.returncode}):\n{result.stderr[-3000:]}"
+            )
         return json.loads(result.stdout)
 
 
-def _time_llamacpp(side: LlamaBenchSide, prompt_tokens: int, decode_tokens: int) -> tuple[float, float]:
-    time.sleep(SETTLE_SECONDS)
-    prefill = side.prefill_seconds(prompt_tokens)
-    time.sleep(SETTLE_SECONDS)
-    return prefill, side.decode_seconds(prompt_tokens, decode_tokens)
+# A timed block: (seconds, CPU share). The share is the CPU time the block's process got (children,
+# i.e. llama-bench, included) over wall time x threads. On a machine that other work shares, it
+# tells which blocks ran on cores of their own (~1.0) and which were crowded out.
+Block = tuple[float, float]
 
 
-def _time_compiled(side: CompiledSide, prompt: list[int], decode: list[int]) -> tuple[float, float]:
+def _with_cpu_share(fn, threads: int):
+    """fn()'s result and the CPU share of the wall time it took."""
+    before, started = os.times(), time.perf_counter()
+    result = fn()
+    wall, after = time.perf_counter() - started, os.times()
+    cpu = sum(after[:4]) - sum(before[:4])  # user, system, children's user, children's system
+    return result, cpu / (wall * threads)
+
+
+def _time_llamacpp(
+    side: LlamaBenchSide, prompt_tokens: int, decode_tokens: int
+) -> tuple[Block, Block]:
+    """Prefill seconds and decode seconds per token, as llama-bench reports them; the share is of
+    the whole llama-bench process (load and its warm-up run included)."""
     time.sleep(SETTLE_SECONDS)
-    prefill = _timed(lambda: side.prefill(prompt))
+    prefill = _with_cpu_share(lambda: side.prefill_seconds(prompt_tokens), side.threads)
     time.sleep(SETTLE_SECONDS)
-    return prefill, _timed(lambda: side.decode(decode)) / len(decode)
+    return prefill, _with_cpu_share(
+        lambda: side.decode_seconds(prompt_tokens, decode_tokens), side.threads
+    )
+
+
+def _time_compiled(
+    side: CompiledSide, prompt: list[int], decode: list[int], threads: int
+) -> tuple[Block, Block]:
+    time.sleep(SETTLE_SECONDS)
+    prefill = _with_cpu_share(lambda: _timed(lambda: side.prefill(prompt)), threads)
+    time.sleep(SETTLE_SECONDS)
+    seconds, share = _with_cpu_share(lambda: _timed(lambda: side.decode(decode)), threads)
+    return prefill, (seconds / len(decode), share)
+
+
+PHASES = ("prefill", "decode")
 
 
 def measure(
@@ -365,12 +418,15 @@ def measure(
     prompt: list[int],
     decode: list[int],
     rounds: int,
+    threads: int,
 ) -> dict[str, dict[str, list[float]]]:
-    """Seconds per prefill and per decoded token of every side, round by round: each llama.cpp
-    format, then the compiled schemes set against it, then the next format. Round 0 is a warm-up."""
+    """Seconds per prefill and per decoded token of every side, and each block's CPU share, round
+    by round: each llama.cpp format, then the compiled schemes set against it, then the next
+    format. Round 0 is a warm-up."""
+    names = [*(f"llama.cpp {fmt}" for fmt in llamacpp_sides), *compiled_sides]
     times = {
-        name: {"prefill": [], "decode": []}
-        for name in [*(f"llama.cpp {fmt}" for fmt in llamacpp_sides), *compiled_sides]
+        name: {key: [] for phase in PHASES for key in (phase, f"{phase}_cpu_share")}
+        for name in names
     }
     for round_ in range(rounds + 1):
         print(f"round {round_}/{rounds}{' (warm-up)' if round_ == 0 else ''}", flush=True)
@@ -378,11 +434,12 @@ def measure(
             timed = {f"llama.cpp {fmt}": _time_llamacpp(llama, len(prompt), len(decode))}
             for scheme, compiled in compiled_sides.items():
                 if LLAMACPP_FORMAT[scheme] == fmt:
-                    timed[scheme] = _time_compiled(compiled, prompt, decode)
+                    timed[scheme] = _time_compiled(compiled, prompt, decode, threads)
             if round_:
-                for name, (prefill, step) in timed.items():
-                    times[name]["prefill"].append(prefill)
-                    times[name]["decode"].append(step)
+                for name, blocks in timed.items():
+                    for phase, (seconds, share) in zip(PHASES, blocks):
+                        times[name][phase].append(seconds)
+                        times[name][f"{phase}_cpu_share"].append(share)
     return times
 
 
@@ -394,7 +451,9 @@ _CODEGEN_PPL = re.compile(r"perplexity: ([0-9.]+) over (\d+) tokens \((\d+) chun
 DEFAULT_CONTEXT = 512  # llama-perplexity's default -c
 
 
-def llamacpp_perplexity(llamacpp: LlamaCpp, gguf: Path, text: Path, context: int, threads: int) -> dict:
+def llamacpp_perplexity(
+    llamacpp: LlamaCpp, gguf: Path, text: Path, context: int, threads: int
+) -> dict:
     command = [
         str(llamacpp.binary("llama-perplexity")), "-m", str(gguf), "-f", str(text),
         "-c", str(context), "-t", str(threads),
@@ -402,7 +461,9 @@ def llamacpp_perplexity(llamacpp: LlamaCpp, gguf: Path, text: Path, context: int
     output = _checked_output(command, "llama-perplexity")
     estimate, chunks = _LLAMA_PPL.search(output), _LLAMA_CHUNKS.search(output)
     if not estimate or not chunks:
-        raise LlamaCppError(f"{' '.join(command)} printed no 'Final estimate: PPL'; its output ends:\n{output[-2000:]}")
+        raise LlamaCppError(
+            f"{' '.join(command)} printed no 'Final estimate: PPL'; its output ends:\n{output[-2000:]}"
+        )
     return {"perplexity": float(estimate[1]), "error": float(estimate[2]), "chunks": int(chunks[1])}
 
 
@@ -414,7 +475,9 @@ def codegen_perplexity(artifact: Path, tokenizer: Path, text: Path, context: int
     output = _checked_output(command, "codegen eval")
     found = _CODEGEN_PPL.search(output)
     if not found:
-        raise LlamaCppError(f"{' '.join(command)} printed no 'perplexity: ...' line; its output ends:\n{output[-2000:]}")
+        raise LlamaCppError(
+            f"{' '.join(command)} printed no 'perplexity: ...' line; its output ends:\n{output[-2000:]}"
+        )
     return {"perplexity": float(found[1]), "tokens": int(found[2]), "chunks": int(found[3])}
 
 
@@ -432,7 +495,9 @@ def has_codegen_eval() -> bool:
 def _checked_output(command: list[str], what: str) -> str:
     result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if result.returncode:
-        raise LlamaCppError(f"{what} failed (exit {result.returncode}): {' '.join(command)}\n{result.stdout[-3000:]}")
+        raise LlamaCppError(
+            f"{what} failed (exit {result.returncode}): {' '.join(command)}\n{result.stdout[-3000:]}"
+        )
     return result.stdout
 
 
@@ -446,12 +511,23 @@ def perplexities(args: argparse.Namespace, model, llamacpp: LlamaCpp, workdir: P
     the same text with the same chunk length."""
     window = _model_window(args.model_dir)
     context = args.context or min(DEFAULT_CONTEXT, window or DEFAULT_CONTEXT)
-    print(f"perplexity of {args.model_dir} on {args.perplexity}, chunks of {context} tokens", flush=True)
-    formats = sorted({LLAMACPP_FORMAT[scheme] for scheme in args.schemes}, key=list(LLAMACPP_FORMAT.values()).index)
+    print(
+        f"perplexity of {args.model_dir} on {args.perplexity}, chunks of {context} tokens",
+        flush=True,
+    )
+    formats = sorted(
+        {LLAMACPP_FORMAT[scheme] for scheme in args.schemes},
+        key=list(LLAMACPP_FORMAT.values()).index,
+    )
     ggufs = make_ggufs(llamacpp, args.model_dir, workdir / "perplexity-gguf", formats, args.threads)
-    results: dict = {"text": str(args.perplexity), "model_dir": str(args.model_dir), "context": context}
+    results: dict = {
+        "text": str(args.perplexity),
+        "model_dir": str(args.model_dir),
+        "context": context,
+    }
     results["llama.cpp"] = {
-        fmt: llamacpp_perplexity(llamacpp, path, args.perplexity, context, args.threads) for fmt, path in ggufs.items()
+        fmt: llamacpp_perplexity(llamacpp, path, args.perplexity, context, args.threads)
+        for fmt, path in ggufs.items()
     }
     if not has_codegen_eval():
         print(
@@ -464,30 +540,37 @@ def perplexities(args: argparse.Namespace, model, llamacpp: LlamaCpp, workdir: P
     for scheme in args.schemes:
         artifact = workdir / f"perplexity-artifact-{scheme}"
         _build_artifact(model, args.model_dir, artifact, args.threads, scheme)
-        results["compiled"][scheme] = codegen_perplexity(artifact, args.model_dir, args.perplexity, context)
+        results["compiled"][scheme] = codegen_perplexity(
+            artifact, args.model_dir, args.perplexity, context
+        )
     return results
 
 
 # ---------------------------------------------------------------------------- report
 
-TARGET_RATIO = 1.0  # issue 13: compiled <= 1.0x llama.cpp's format of the same width, decode and prefill
+TARGET_RATIO = (
+    1.0  # issue 13: compiled <= 1.0x llama.cpp's format of the same width, decode and prefill
+)
 
 
 def summarize(times: dict[str, dict[str, list[float]]], schemes: list[str]) -> list[dict]:
     rows = []
     for scheme in schemes:
         fmt = LLAMACPP_FORMAT[scheme]
+        theirs, ours = times[f"llama.cpp {fmt}"], times[scheme]
         row = {"scheme": scheme, "llamacpp_format": fmt}
-        for phase, unit in (("decode", "ms_per_token"), ("prefill", "ms")):
-            theirs = statistics.median(times[f"llama.cpp {fmt}"][phase]) * 1e3
-            ours = statistics.median(times[scheme][phase]) * 1e3
-            # The ratio of each round's pair, then the median: a drift between rounds hits both sides.
-            ratios = [o / t for o, t in zip(times[scheme][phase], times[f"llama.cpp {fmt}"][phase])]
+        for phase in PHASES:
+            # Each round's pair, then the median: a drift between rounds hits both sides.
+            ratios = [o / t for o, t in zip(ours[phase], theirs[phase])]
             row[phase] = {
-                f"llamacpp_{unit}": theirs,
-                f"compiled_{unit}": ours,
+                "llamacpp_ms": statistics.median(theirs[phase]) * 1e3,
+                "compiled_ms": statistics.median(ours[phase]) * 1e3,
                 "ratio": statistics.median(ratios),
                 "round_ratios": ratios,
+                # Each side's least disturbed round: what it does when it has the cores.
+                "best_ratio": min(ours[phase]) / min(theirs[phase]),
+                "llamacpp_cpu_share": statistics.median(theirs[f"{phase}_cpu_share"]),
+                "compiled_cpu_share": statistics.median(ours[f"{phase}_cpu_share"]),
                 "target_met": statistics.median(ratios) <= TARGET_RATIO,
             }
         rows.append(row)
@@ -501,24 +584,29 @@ def report(results: dict) -> str:
         f" {results['threads']} threads, prompt {results['prompt_tokens']} tokens,"
         f" decode {results['decode_tokens']} tokens after it, {results['rounds']} rounds (medians)",
         f"llama.cpp: vendored in llama-cpp-python {results['llama_cpp_python']}, llama-bench -fa on, f16 KV cache",
-        "ratio = compiled / llama.cpp, median of the rounds' ratios; target <= 1.0x (issue 13)",
+        "ratio = compiled / llama.cpp, median of the rounds' ratios (target <= 1.0x, issue 13);"
+        " best = best round / best round; cpu = median share of its cores each side got",
         "",
-        f"{'compiled':9} {'llama.cpp':9} | {'decode ms/token':>17} {'ratio':>6} {'target':>6}"
-        f" | {'prefill ms':>17} {'ratio':>6} {'target':>6}",
-        f"{'':9} {'':9} | {'llama.cpp':>8} {'here':>8} {'':6} {'':6} | {'llama.cpp':>8} {'here':>8}",
+        f"{'compiled':9} {'llama.cpp':9} | {'decode ms/token':^49} | {'prefill ms':^49}",
+        f"{'':19} | "
+        + " | ".join(
+            f"{'llama.cpp':>9} {'here':>8} {'ratio':>5} {'target':>6} {'best':>5} {'cpu':>9}"
+            for _ in PHASES
+        ),
     ]
     for row in results["rows"]:
-        cells = []
-        for phase, unit in (("decode", "ms_per_token"), ("prefill", "ms")):
-            figures = row[phase]
-            cells.append(
-                f"{figures[f'llamacpp_{unit}']:8.2f} {figures[f'compiled_{unit}']:8.2f} {figures['ratio']:6.2f}"
-                f" {'met' if figures['target_met'] else 'missed':>6}"
-            )
+        cells = [
+            f"{f['llamacpp_ms']:9.2f} {f['compiled_ms']:8.2f} {f['ratio']:5.2f} {'met' if f['target_met'] else 'missed':>6}"
+            f" {f['best_ratio']:5.2f} {f['llamacpp_cpu_share']:.2f}/{f['compiled_cpu_share']:.2f}"
+            for f in (row[phase] for phase in ("decode", "prefill"))
+        ]
         lines.append(f"{row['scheme']:9} {row['llamacpp_format']:9} | {cells[0]} | {cells[1]}")
     lines += ["", "weights (MB): llama.cpp GGUF tensors by type | compiled artifact parameters"]
     for fmt, by_type in results["gguf_tensor_bytes"].items():
-        types = ", ".join(f"{name} {size / 1e6:.1f}" for name, size in sorted(by_type.items(), key=lambda item: -item[1]))
+        types = ", ".join(
+            f"{name} {size / 1e6:.1f}"
+            for name, size in sorted(by_type.items(), key=lambda item: -item[1])
+        )
         lines.append(f"  llama.cpp {fmt:6} {sum(by_type.values()) / 1e6:7.1f}  ({types})")
     for scheme, size in results["artifact_weight_bytes"].items():
         lines.append(f"  compiled  {scheme:8} {size / 1e6:5.1f}")
@@ -528,9 +616,13 @@ def report(results: dict) -> str:
 
 
 def _perplexity_report(results: dict) -> str:
-    lines = [f"perplexity of {results['model_dir']} on {results['text']}, chunks of {results['context']} tokens:"]
+    lines = [
+        f"perplexity of {results['model_dir']} on {results['text']}, chunks of {results['context']} tokens:"
+    ]
     for fmt, figures in results["llama.cpp"].items():
-        lines.append(f"  llama.cpp {fmt:8} {figures['perplexity']:9.4f} +/- {figures['error']:.4f} ({figures['chunks']} chunks)")
+        lines.append(
+            f"  llama.cpp {fmt:8} {figures['perplexity']:9.4f} +/- {figures['error']:.4f} ({figures['chunks']} chunks)"
+        )
     for scheme, figures in results.get("compiled", {}).items():
         lines.append(
             f"  compiled  {scheme:8} {figures['perplexity']:9.4f} ({figures['chunks']} chunks,"
@@ -550,7 +642,9 @@ def _artifact_weight_bytes(artifact: Path) -> int:
     from codegen.artifact.tensor_cache import numpy_dtype
 
     metadata = json.loads((artifact / "metadata.json").read_text())
-    return sum(int(np.prod(p["shape"])) * numpy_dtype(p["dtype"]).itemsize for p in metadata["params"])
+    return sum(
+        int(np.prod(p["shape"])) * numpy_dtype(p["dtype"]).itemsize for p in metadata["params"]
+    )
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict:
@@ -574,11 +668,14 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     config = model.package.Config.from_file(model_dir / "config.json")
     prompt = _tokens(config.vocab_size, args.prompt_tokens, seed=1)
     decode = _tokens(config.vocab_size, args.decode_tokens, seed=2)
-    llamacpp_sides = {fmt: LlamaBenchSide(llamacpp, path, args.threads) for fmt, path in ggufs.items()}
-    compiled_sides = {
-        scheme: CompiledSide(path, args.prompt_tokens + args.decode_tokens) for scheme, path in artifacts.items()
+    llamacpp_sides = {
+        fmt: LlamaBenchSide(llamacpp, path, args.threads) for fmt, path in ggufs.items()
     }
-    times = measure(llamacpp_sides, compiled_sides, prompt, decode, args.rounds)
+    compiled_sides = {
+        scheme: CompiledSide(path, args.prompt_tokens + args.decode_tokens)
+        for scheme, path in artifacts.items()
+    }
+    times = measure(llamacpp_sides, compiled_sides, prompt, decode, args.rounds, args.threads)
     del compiled_sides
 
     results = {
@@ -592,8 +689,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         "llama_cpp_python": LLAMA_CPP_PYTHON_VERSION,
         "rows": summarize(times, args.schemes),
         "raw_seconds": times,
-        "gguf_tensor_bytes": {fmt: gguf_tensor_bytes(llamacpp.source, path) for fmt, path in ggufs.items()},
-        "artifact_weight_bytes": {scheme: _artifact_weight_bytes(path) for scheme, path in artifacts.items()},
+        "gguf_tensor_bytes": {
+            fmt: gguf_tensor_bytes(llamacpp.source, path) for fmt, path in ggufs.items()
+        },
+        "artifact_weight_bytes": {
+            scheme: _artifact_weight_bytes(path) for scheme, path in artifacts.items()
+        },
     }
     if args.perplexity:
         results["perplexity"] = perplexities(args, model, llamacpp, workdir)
@@ -601,44 +702,72 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--spec", default="gpt_bigcode", help="architecture name or spec path")
     parser.add_argument("--preset", default="tiny_starcoder", help="size preset of the spec")
-    parser.add_argument("--layers", type=int, default=None, help="override the preset's layer count")
+    parser.add_argument(
+        "--layers", type=int, default=None, help="override the preset's layer count"
+    )
     parser.add_argument(
         "--schemes",
         default=DEFAULT_SCHEMES,
         help=f"compiled schemes, comma-separated; each is set against llama.cpp's format of its width"
         f" ({', '.join(f'{s}: {f}' for s, f in LLAMACPP_FORMAT.items())}); default {DEFAULT_SCHEMES}",
     )
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (after one warm-up round)")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="timed rounds (after one warm-up round)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="threads of both sides")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--decode-tokens", type=int, default=64)
     parser.add_argument(
-        "--build-jobs", type=int, default=os.cpu_count() or 1, help="parallel jobs of the llama.cpp build"
+        "--build-jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="parallel jobs of the llama.cpp build",
     )
     parser.add_argument(
-        "--build-only", action="store_true", help=f"build llama.cpp into {CACHE_DIR.relative_to(REPO_ROOT)}/ and stop"
+        "--build-only",
+        action="store_true",
+        help=f"build llama.cpp into {CACHE_DIR.relative_to(REPO_ROOT)}/ and stop",
     )
     parser.add_argument(
-        "--perplexity", type=Path, metavar="TEXT_FILE", help="also measure perplexity on this text (needs --model-dir)"
+        "--perplexity",
+        type=Path,
+        metavar="TEXT_FILE",
+        help="also measure perplexity on this text (needs --model-dir)",
     )
     parser.add_argument(
-        "--model-dir", type=Path, help="trained Hugging Face model folder (with tokenizer.json) for --perplexity"
+        "--model-dir",
+        type=Path,
+        help="trained Hugging Face model folder (with tokenizer.json) for --perplexity",
     )
     parser.add_argument(
-        "--context", type=int, default=None, help="perplexity chunk length (default: 512 or the model's window)"
+        "--context",
+        type=int,
+        default=None,
+        help="perplexity chunk length (default: 512 or the model's window)",
     )
     parser.add_argument(
-        "--json", type=Path, default=REPO_ROOT / "build" / "bench-llamacpp.json", help="where to write all figures"
+        "--json",
+        type=Path,
+        default=REPO_ROOT / "build" / "bench-llamacpp.json",
+        help="where to write all figures",
     )
-    parser.add_argument("--workdir", type=Path, help="keep checkpoint, GGUF files and artifacts here (default: a temp dir)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep checkpoint, GGUF files and artifacts here (default: a temp dir)",
+    )
     args = parser.parse_args(argv)
     args.schemes = [scheme for scheme in args.schemes.split(",") if scheme]
     unknown = [scheme for scheme in args.schemes if scheme not in LLAMACPP_FORMAT]
     if unknown:
-        parser.error(f"--schemes: no llama.cpp format to compare {', '.join(unknown)} with; choose from {', '.join(LLAMACPP_FORMAT)}")
+        parser.error(
+            f"--schemes: no llama.cpp format to compare {', '.join(unknown)} with; choose from {', '.join(LLAMACPP_FORMAT)}"
+        )
     if bool(args.perplexity) != bool(args.model_dir):
         parser.error("--perplexity TEXT_FILE and --model-dir DIR go together")
     return args
