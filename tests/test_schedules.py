@@ -233,3 +233,33 @@ def test_prefill_gemm_matches_numpy_for_every_row_remainder(epilogue):
         out = vm["forward"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(p) for p in params]).numpy()
         expected = x @ params[0].T + (params[1] if epilogue else 0)
         assert np.abs(out - expected).max() <= 1e-4, rows
+
+
+@pytest.mark.parametrize("rows", [1, "seq_len"])
+def test_float16_linear_accumulates_in_float32(rows):
+    """float16 storage, float32 sums (build/cpu/half_precision.py): over 768 terms a float16
+    accumulator is off by ~1e-3 of the largest output (measured), a float32 one only by the final
+    rounding to float16 (2^-11 relative)."""
+    import numpy as np
+    from tvm import relax
+    from tvm.relax.frontend import nn
+
+    class Linear(nn.Module):
+        def __init__(self):
+            self.proj = nn.Linear(768, 64, bias=False)
+
+        def forward(self, x):
+            return self.proj(x)
+
+    module = Linear()
+    module.to("float16")
+    mod, _ = module.export_tvm({"forward": {"x": nn.spec.Tensor([1, rows, 768], "float16")}})
+    target = BuildOptions(target="llvm", num_threads=2).tvm_target()
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target, relax_pipeline=pipeline.relax_pipeline(target)), tvm.cpu())
+    rng = np.random.default_rng(0)
+    # Positive terms: the sum grows to ~190, where float16's spacing is 0.125.
+    weight = rng.uniform(0, 1, (64, 768)).astype(np.float16)
+    x = rng.uniform(0, 1, (1, 1 if rows == 1 else 9, 768)).astype(np.float16)
+    out = vm["forward"](tvm.runtime.tensor(x), tvm.runtime.tensor(weight)).numpy().astype(np.float64)
+    expected = x.astype(np.float64) @ weight.astype(np.float64).T
+    assert np.abs(out - expected).max() <= 2.0**-11 * np.abs(expected).max()

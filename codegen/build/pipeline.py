@@ -3,7 +3,8 @@
 Both targets run TVM's own backend passes around the same core: keep nn.Linear as one
 transposed-weight matmul, legalise and fuse, then schedule every fused kernel with dlight-style rules
 (ours for CPU matmuls and single-row norms, dlight's for the rest and for CUDA). CPU builds also
-legalise activations to vectorisable approximations (build/cpu/fast_math.py) and swap the KV cache's
+legalise activations to vectorisable approximations (build/cpu/fast_math.py), compute float16
+matmuls in float32 (build/cpu/half_precision.py) and swap the KV cache's
 scalar attention kernels for threaded, vectorised ones (build/cpu/attention.py).
 """
 
@@ -18,6 +19,7 @@ from tvm.target import Target
 
 from codegen.build.cpu import fast_math
 from codegen.build.cpu.attention import replace_kv_cache_kernels
+from codegen.build.cpu.half_precision import float16_matmul_in_float32
 from codegen.build.cpu.rules import QuantizedWeightMatmul, SingleRowReduction, WeightMatmul
 
 
@@ -30,6 +32,7 @@ def relax_pipeline(target: Target) -> tvm.transform.Pass:
         with target:
             passes = (
                 backend.library_dispatch_passes(target)
+                + _widen_half_matmuls(target)
                 # Before legalisation: matmul(x, permute_dims(W)) would copy W transposed on every call.
                 + [relax.transform.FuseTransposeMatmul()]
                 + _legalize_and_fuse(target)
@@ -40,6 +43,10 @@ def relax_pipeline(target: Target) -> tvm.transform.Pass:
             return tvm.transform.Sequential(passes)(mod)
 
     return _pipeline
+
+
+def _widen_half_matmuls(target: Target) -> list[tvm.transform.Pass]:
+    return [float16_matmul_in_float32] if target.kind.name == "llvm" else []
 
 
 def _legalize_and_fuse(target: Target) -> list[tvm.transform.Pass]:

@@ -4,7 +4,9 @@ LLVM has no vector exp/tanh/erf of its own: TVM's default legalisation of gelu, 
 and exp ends in a libm call per element, which turned the vectorised GELU epilogue of a prefill
 matmul into a third of the matmul's time. TVM's `topi.fast_exp` / `fast_tanh` / `fast_erf` are
 polynomial approximations (about 1e-7 relative error) built from vector arithmetic only. Legalising
-the activations through them keeps fused epilogues vectorised. Other dtypes keep TVM's legalisation.
+the activations through them keeps fused epilogues vectorised. float16 and bfloat16 inputs are
+computed in float32 and rounded once (this CPU has no 16-bit arithmetic: TVM's float16 GELU was a
+libm tanhf per element). Other dtypes keep TVM's legalisation.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import tvm
 from tvm import relax, te, tirx, topi
 
 _Legalize = Callable[[relax.BlockBuilder, relax.Call], relax.Expr]
+_WIDENED = ("float16", "bfloat16")
 
 
 def _gelu_tanh(x: te.Tensor) -> te.Tensor:
@@ -55,8 +58,11 @@ def _fast_or_default(op_name: str, compute, name_hint: str) -> _Legalize:
     default = tvm.ir.Op.get(op_name).get_attr("FLegalize")
 
     def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-        if call.args[0].ty.dtype != "float32":
-            return default(bb, call)
-        return bb.call_te(compute, call.args[0], primfunc_name_hint=name_hint)
+        dtype = call.args[0].ty.dtype
+        if dtype == "float32":
+            return bb.call_te(compute, call.args[0], primfunc_name_hint=name_hint)
+        if dtype in _WIDENED:
+            return bb.call_te(lambda x: topi.cast(compute(topi.cast(x, "float32")), dtype), call.args[0], primfunc_name_hint=name_hint)
+        return default(bb, call)
 
     return legalize
