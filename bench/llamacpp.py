@@ -237,9 +237,8 @@ QUANTIZE_SOURCE = "f32"
 # ids): a small one, which the converter pads with [PAD] entries up to the model's vocabulary.
 TOKENIZER_VOCAB = 2048
 TOKENIZER_TEXT_BYTES = 2_000_000
-CONVERTER_MODE = (
-    "--run-converter"  # internal: python bench/llamacpp.py --run-converter SOURCE ARGS...
-)
+# Internal: `python bench/llamacpp.py --run-converter SOURCE CONVERTER_ARGS...` (see _run_converter).
+CONVERTER_MODE = "--run-converter"
 
 
 def save_tokenizer(folder: Path) -> None:
@@ -330,9 +329,8 @@ def gguf_tensor_bytes(source: Path, path: Path) -> dict[str, int]:
 
     by_type: dict[str, int] = {}
     for tensor in GGUFReader(path).tensors:
-        by_type[tensor.tensor_type.name] = by_type.get(tensor.tensor_type.name, 0) + int(
-            tensor.n_bytes
-        )
+        name = tensor.tensor_type.name
+        by_type[name] = by_type.get(name, 0) + int(tensor.n_bytes)
     return by_type
 
 
