@@ -103,6 +103,35 @@ MORE_FAMILIES = {
             max_position_embeddings=WINDOW, vocab_size=VOCAB, new_decoder_architecture=True, rope_theta=500.0,
         ),
     ),
+    "qwen3": Family(
+        spec="specs/qwen3.yaml",
+        config_class="Qwen3Config",
+        model_class="Qwen3ForCausalLM",
+        # head_dim 24 with hidden 64 / 4 heads: the width of q/k/v and of the per-head norms is its own.
+        config=dict(
+            hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=24, num_hidden_layers=2,
+            intermediate_size=96, max_position_embeddings=WINDOW, vocab_size=VOCAB, rope_theta=500.0,
+        ),
+    ),
+    "granite": Family(
+        spec="specs/granite.yaml",
+        config_class="GraniteConfig",
+        model_class="GraniteForCausalLM",
+        config=dict(
+            hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+            intermediate_size=96, max_position_embeddings=WINDOW, vocab_size=VOCAB, rope_theta=500.0,
+            embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.3, logits_scaling=2.5,
+        ),
+    ),
+    "gemma": Family(
+        spec="specs/gemma.yaml",
+        config_class="GemmaConfig",
+        model_class="GemmaForCausalLM",
+        config=dict(
+            hidden_size=64, num_attention_heads=4, num_key_value_heads=1, head_dim=24, num_hidden_layers=2,
+            intermediate_size=96, max_position_embeddings=WINDOW, vocab_size=VOCAB, rope_theta=500.0,
+        ),
+    ),
 }
 ALL_FAMILIES = {**FAMILIES, **MORE_FAMILIES}
 

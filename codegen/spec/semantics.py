@@ -104,6 +104,10 @@ _FIELD_KINDS = {
     "rope_scaling": "rope_scaling",
     "tie_word_embeddings": "bool",
     "scale_attention": "bool",
+    "embedding_multiplier": "float",
+    "residual_multiplier": "float",
+    "attention_multiplier": "float",
+    "logits_scaling": "float",
     "activation": "activation",
 }
 
@@ -165,12 +169,15 @@ def _required_modules(architecture: Mapping[str, Any]) -> dict[str, str]:
         needed["gate_proj"] = "architecture.mlp.gated is true"
     if position == "learned":
         needed["embed_positions"] = "architecture.position is learned"
+    if attention.get("qk_norm", "none") == "per_head":
+        for name in ("q_norm", "k_norm"):
+            needed[name] = "architecture.attention.qk_norm is per_head"
     if architecture["block"] != "parallel_shared_norm":
         needed["mlp_norm"] = f"architecture.block {architecture['block']} has a norm before the MLP"
     return needed
 
 
-_OPTIONAL_MODULES = ("qkv_proj", "q_proj", "k_proj", "v_proj", "gate_proj", "embed_positions", "mlp_norm")
+_OPTIONAL_MODULES = ("qkv_proj", "q_proj", "k_proj", "v_proj", "q_norm", "k_norm", "gate_proj", "embed_positions", "mlp_norm")
 
 
 def _check_modules(document: Located, architecture, modules) -> None:
@@ -188,7 +195,7 @@ def _check_modules(document: Located, architecture, modules) -> None:
         ("backbone", "lm_head"),
         ("embed_tokens", "embed_positions", "layers", "final_norm"),
         ("attn_norm", "attention", "mlp_norm", "mlp"),
-        ("qkv_proj", "q_proj", "k_proj", "v_proj", "out_proj"),
+        ("qkv_proj", "q_proj", "k_proj", "v_proj", "out_proj", "q_norm", "k_norm"),
         ("gate_proj", "up_proj", "down_proj"),
     ]
     for group in siblings:
@@ -305,6 +312,10 @@ def _parameters(architecture, modules) -> Iterator[Parameter]:
     for projection in projections:
         yield from linear(f"{attention}.{m[projection]}", qkv_bias)
     yield from linear(f"{attention}.{m['out_proj']}", architecture["attention"]["bias"]["out"])
+    if architecture["attention"].get("qk_norm", "none") == "per_head":
+        for norm in ("q_norm", "k_norm"):
+            for part in norm_parts:
+                yield Parameter(f"{attention}.{m[norm]}.{part}")
     if architecture["block"] != "parallel_shared_norm":
         for part in norm_parts:
             yield Parameter(f"{layer}.{m['mlp_norm']}.{part}")
