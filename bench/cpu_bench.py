@@ -9,8 +9,8 @@ subprocess (its resident-set high-water mark after loading and running prefill +
 
     .venv/bin/python bench/cpu_bench.py [--formats f32=q0f32,q4=q4f32_1] [--repeats 5] [--threads N]
 
-Other scripts (bench/quality.py, bench/llamacpp.py) import the pieces: _save_random_checkpoint,
-_build_artifact, CompiledSide, _measure, _timed, _tokens, SETTLE_SECONDS.
+Other scripts (bench/quality.py, bench/llamacpp.py) import the pieces: save_random_checkpoint,
+build_artifact, CompiledSide, measure, timed, random_tokens, SETTLE_SECONDS.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def _hf_config(model, preset: str, layers: int | None = None):
     return AutoConfig.for_model(model.package.model.HF_MODEL_TYPE, bos_token_id=0, eos_token_id=0, **values)
 
 
-def _save_random_checkpoint(model, preset: str, layers: int | None, model_dir: Path) -> None:
+def save_random_checkpoint(model, preset: str, layers: int | None, model_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -139,7 +139,7 @@ def _save_random_checkpoint(model, preset: str, layers: int | None, model_dir: P
     hf_model.save_pretrained(model_dir)
 
 
-def _build_artifact(model, model_dir: Path, artifact: Path, threads: int, quantization: str) -> float:
+def build_artifact(model, model_dir: Path, artifact: Path, threads: int, quantization: str) -> float:
     """Compile + convert through the project's own path; returns the compile seconds."""
     from codegen.build.compile import BuildOptions, compile_to_dir
     from codegen.convert.weights import convert
@@ -179,7 +179,7 @@ def _weight_bytes(artifact: Path) -> int:
     return sum(path.stat().st_size for path in artifact.glob(f"{SHARD_PREFIX}*.bin"))
 
 
-def _tokens(vocab_size: int, count: int, seed: int) -> list[int]:
+def random_tokens(vocab_size: int, count: int, seed: int) -> list[int]:
     import numpy as np
 
     return [int(t) for t in np.random.default_rng(seed).integers(0, vocab_size, count)]
@@ -188,13 +188,13 @@ def _tokens(vocab_size: int, count: int, seed: int) -> list[int]:
 # ---------------------------------------------------------------------------- measurement
 
 
-def _timed(fn) -> float:
+def timed(fn) -> float:
     started = time.perf_counter()
     fn()
     return time.perf_counter() - started
 
 
-def _measure(
+def measure(
     sides, prompt: list[int], decode: list[int], repeats: int, bandwidth
 ) -> dict[str, dict[str, list[float]]]:
     """Seconds per prefill and per decoded token, and the read bandwidth, measured in every round;
@@ -208,9 +208,9 @@ def _measure(
     for round_ in range(repeats + 1):
         for side in sides:
             time.sleep(SETTLE_SECONDS)
-            prefill = _timed(lambda: side.prefill(prompt))
+            prefill = timed(lambda: side.prefill(prompt))
             time.sleep(SETTLE_SECONDS)
-            step = _timed(lambda: side.decode(decode)) / len(decode)
+            step = timed(lambda: side.decode(decode)) / len(decode)
             if round_:
                 times[side.name]["prefill"].append(prefill)
                 times[side.name]["decode"].append(step)
@@ -233,7 +233,7 @@ class ReadBandwidth:
     def __call__(self) -> float:
         import torch
 
-        best = min(_timed(lambda: torch.sum(self.data)) for _ in range(self.repeats))
+        best = min(timed(lambda: torch.sum(self.data)) for _ in range(self.repeats))
         return self.data.numel() * 4 / best
 
 
@@ -285,8 +285,8 @@ def _memory_probe(args: argparse.Namespace) -> None:
     from codegen.models import load_model
 
     vocab_size = _hf_config(load_model(args.spec), args.preset, args.layers).vocab_size
-    prompt = _tokens(vocab_size, args.prompt_tokens, seed=1)
-    decode = _tokens(vocab_size, args.decode_tokens, seed=2)
+    prompt = random_tokens(vocab_size, args.prompt_tokens, seed=1)
+    decode = random_tokens(vocab_size, args.decode_tokens, seed=2)
     if args.memory_probe == "compiled":
         side = CompiledSide(args.artifact, args.prompt_tokens + args.decode_tokens)
     else:
@@ -379,20 +379,20 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     model = load_model(args.spec)
     model_dir = workdir / "hf"
     artifacts = {label: workdir / f"artifact-{scheme}" for label, scheme in formats.items()}
-    _save_random_checkpoint(model, args.preset, args.layers, model_dir)
+    save_random_checkpoint(model, args.preset, args.layers, model_dir)
     compile_seconds = {
-        label: _build_artifact(model, model_dir, artifacts[label], args.threads, scheme)
+        label: build_artifact(model, model_dir, artifacts[label], args.threads, scheme)
         for label, scheme in formats.items()
     }
     config = model.package.Config.from_file(model_dir / "config.json")
 
-    prompt = _tokens(config.vocab_size, args.prompt_tokens, seed=1)
-    decode = _tokens(config.vocab_size, args.decode_tokens, seed=2)
+    prompt = random_tokens(config.vocab_size, args.prompt_tokens, seed=1)
+    decode = random_tokens(config.vocab_size, args.decode_tokens, seed=2)
     eager = EagerSide(model_dir)
     compiled = [CompiledSide(path, args.prompt_tokens + args.decode_tokens, name=label) for label, path in artifacts.items()]
     reference = eager.prefill(prompt)
     differences = {side.name: float(np.max(np.abs(side.prefill(prompt) - reference))) for side in compiled}
-    times = _measure([*compiled, eager], prompt, decode, args.repeats, ReadBandwidth())
+    times = measure([*compiled, eager], prompt, decode, args.repeats, ReadBandwidth())
     del compiled, eager
 
     bandwidths = times["bandwidth"]["bytes_per_second"]
@@ -426,6 +426,13 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     return results
 
 
+def write_results(results: dict, path: Path) -> None:
+    """All raw figures as JSON, for the reader who wants more than the table."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    print(f"results: {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     # Read by TVM's thread pool when it starts, so it must be set before the first TVM call.
@@ -441,9 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="cpu-bench-") as workdir:
             results = run(args, Path(workdir))
     print(_report(results))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    print(f"results: {args.json}")
+    write_results(results, args.json)
     return 0
 
 

@@ -49,10 +49,11 @@ from codegen.errors import CodegenError  # noqa: E402
 from cpu_bench import (  # noqa: E402
     SETTLE_SECONDS,
     CompiledSide,
-    _build_artifact,
-    _save_random_checkpoint,
-    _timed,
-    _tokens,
+    build_artifact,
+    random_tokens,
+    save_random_checkpoint,
+    timed,
+    write_results,
 )
 
 # One pinned release: its vendored llama.cpp is what the figures are measured against.
@@ -401,9 +402,9 @@ def _time_compiled(
     side: CompiledSide, prompt: list[int], decode: list[int], threads: int
 ) -> tuple[Block, Block]:
     time.sleep(SETTLE_SECONDS)
-    prefill = _with_cpu_share(lambda: _timed(lambda: side.prefill(prompt)), threads)
+    prefill = _with_cpu_share(lambda: timed(lambda: side.prefill(prompt)), threads)
     time.sleep(SETTLE_SECONDS)
-    seconds, share = _with_cpu_share(lambda: _timed(lambda: side.decode(decode)), threads)
+    seconds, share = _with_cpu_share(lambda: timed(lambda: side.decode(decode)), threads)
     return prefill, (seconds / len(decode), share)
 
 
@@ -537,7 +538,7 @@ def perplexities(args: argparse.Namespace, model, llamacpp: LlamaCpp, workdir: P
     results["compiled"] = {}
     for scheme in args.schemes:
         artifact = workdir / f"perplexity-artifact-{scheme}"
-        _build_artifact(model, args.model_dir, artifact, args.threads, scheme)
+        build_artifact(model, args.model_dir, artifact, args.threads, scheme)
         results["compiled"][scheme] = codegen_perplexity(
             artifact, args.model_dir, args.perplexity, context
         )
@@ -652,7 +653,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     model = load_model(args.spec)
     model_dir = workdir / "hf"
     print(f"checkpoint: random {args.spec} {args.preset} in {model_dir}", flush=True)
-    _save_random_checkpoint(model, args.preset, args.layers, model_dir)
+    save_random_checkpoint(model, args.preset, args.layers, model_dir)
     save_tokenizer(model_dir)
     formats = list(dict.fromkeys(LLAMACPP_FORMAT[scheme] for scheme in args.schemes))
     ggufs = make_ggufs(llamacpp, model_dir, workdir / "gguf", formats, args.threads)
@@ -661,11 +662,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     for scheme in args.schemes:
         artifacts[scheme] = workdir / f"artifact-{scheme}"
         print(f"compiled {scheme}: {artifacts[scheme]}", flush=True)
-        _build_artifact(model, model_dir, artifacts[scheme], args.threads, scheme)
+        build_artifact(model, model_dir, artifacts[scheme], args.threads, scheme)
 
     config = model.package.Config.from_file(model_dir / "config.json")
-    prompt = _tokens(config.vocab_size, args.prompt_tokens, seed=1)
-    decode = _tokens(config.vocab_size, args.decode_tokens, seed=2)
+    prompt = random_tokens(config.vocab_size, args.prompt_tokens, seed=1)
+    decode = random_tokens(config.vocab_size, args.decode_tokens, seed=2)
     llamacpp_sides = {
         fmt: LlamaBenchSide(llamacpp, path, args.threads) for fmt, path in ggufs.items()
     }
@@ -793,9 +794,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(report(results))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    print(f"results: {args.json}")
+    write_results(results, args.json)
     return 0
 
 

@@ -45,13 +45,13 @@ def target(scheme) -> float | None:
 
 
 def evaluate_scheme(model, args: argparse.Namespace, name: str, tokens: list[int]) -> dict:
-    from cpu_bench import _build_artifact
+    from cpu_bench import build_artifact
 
     from codegen.runtime import Model
     from codegen.runtime.evaluate import EVAL_BATCH, perplexity
 
     artifact = args.workdir / f"{model.name}-{name}"
-    compile_seconds = _build_artifact(model, args.model_dir, artifact, args.threads, name)
+    compile_seconds = build_artifact(model, args.model_dir, artifact, args.threads, name)
     started = time.perf_counter()
     value = perplexity(Model(artifact, max_batch_size=EVAL_BATCH), tokens, args.context)
     seconds = time.perf_counter() - started
