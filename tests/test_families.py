@@ -132,6 +132,13 @@ MORE_FAMILIES = {
             intermediate_size=96, max_position_embeddings=WINDOW, vocab_size=VOCAB, rope_theta=500.0,
         ),
     ),
+    "gptj": Family(
+        spec="specs/gptj.yaml",
+        config_class="GPTJConfig",
+        model_class="GPTJForCausalLM",
+        # Interleaved rotation of 10 of head_dim 16: a rotate_half pairing or all 16 would not match.
+        config=dict(n_embd=64, n_head=4, n_layer=2, n_inner=96, n_positions=WINDOW, vocab_size=VOCAB, rotary_dim=10),
+    ),
 }
 ALL_FAMILIES = {**FAMILIES, **MORE_FAMILIES}
 

@@ -106,5 +106,8 @@ def test_preset_reads_like_transformers(spec_path, preset):
     unread = set(hf_shapes) - {n for s in sources.values() for n in s.hf_names} - model.package.ignored_tensors(config)
     assert not unread, f"tensors of transformers' model that the weight map ignores: {sorted(unread)[:5]}"
     if hasattr(config, "rotary_dim"):
-        inv_freq = next(b for n, b in hf_model.named_buffers() if n.endswith("inv_freq"))
-        assert 2 * inv_freq.shape[0] == config.rotary_dim
+        # transformers keeps rotary_dim / 2 frequencies (inv_freq), or GPT-J's [positions, rotary_dim] table.
+        buffers = dict(hf_model.named_buffers())
+        widths = [2 * b.shape[0] for n, b in buffers.items() if n.endswith("inv_freq")]
+        widths += [b.shape[-1] for n, b in buffers.items() if n.endswith("rotary_emb.embed_positions")]
+        assert widths and set(widths) == {config.rotary_dim}

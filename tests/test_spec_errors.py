@@ -84,6 +84,8 @@ CASES = [
      ("config", "intermediate_size", "default_from"), "intermediate_size:", ["unknown function 'exp'; functions: sqrt"]),
     ("per-head q/k norm without its modules", ("    bias: {qkv: true, out: true}\n  mlp:", "    bias: {qkv: true, out: true}\n    qk_norm: per_head\n  mlp:"),
      ("modules",), "modules:", ["missing required key 'q_norm'", "qk_norm is per_head"]),
+    ("rotary pairing without rotary positions", ("  position: learned", "  position: learned\n  rotary_pairing: interleaved"),
+     ("architecture", "rotary_pairing"), "rotary_pairing:", ["not used: position learned has no rotary embedding"]),
     ("MLP norm beside a shared norm", ("  block: sequential ", "  block: parallel_shared_norm "),
      ("modules", "mlp_norm"), "mlp_norm: ln_2", ["'mlp_norm' is not used by this architecture"]),
     ("sequential block without an MLP norm", ("  mlp_norm: ln_2\n", ""),

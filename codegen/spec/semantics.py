@@ -101,6 +101,7 @@ _FIELD_KINDS = {
     "norm_eps": "float",
     "rope_theta": "float",
     "rotary_fraction": "float",
+    "rotary_dim": "int",
     "rope_scaling": "rope_scaling",
     "tie_word_embeddings": "bool",
     "scale_attention": "bool",
@@ -214,10 +215,18 @@ def _config_fields(document: Located, architecture) -> tuple[ConfigField, ...]:
     needed = {
         "num_key_value_heads": architecture["attention"]["mode"] == "gqa",
         "rope_theta": architecture["position"] == "rope",
-        "rotary_fraction": architecture["position"] == "rope",
+        "rotary_fraction": architecture["position"] == "rope" and "rotary_dim" not in config,
     }
-    if "rope_scaling" in config and architecture["position"] != "rope":
-        raise document.error(("config", "rope_scaling"), f"not used: position {architecture['position']} has no rotary embedding; remove it")
+    rope = architecture["position"] == "rope"
+    for name in ("rope_scaling", "rotary_dim"):
+        if name in config and not rope:
+            raise document.error(("config", name), f"not used: position {architecture['position']} has no rotary embedding; remove it")
+    if "rotary_pairing" in architecture and not rope:
+        raise document.error(("architecture", "rotary_pairing"), f"not used: position {architecture['position']} has no rotary embedding; remove it")
+    if "rotary_dim" in config and "rotary_fraction" in config:
+        raise document.error(("config", "rotary_dim"), "give either rotary_dim or rotary_fraction, not both")
+    if architecture.get("rotary_pairing") == "interleaved" and "rope_scaling" in config:
+        raise document.error(("config", "rope_scaling"), "interleaved rotary pairing computes no frequency scaling (the KV cache's gptj mode); remove rope_scaling")
     for name, is_needed in needed.items():
         if is_needed and name not in config:
             reason = "attention.mode is gqa" if name == "num_key_value_heads" else "position is rope"
