@@ -97,8 +97,9 @@ class ArtifactFactory:
 def tiny_preset(spec, values: dict[str, Any]) -> dict[str, Any]:
     """A small config.json with a preset's options and shape ratios, in the spec's own HF field names.
 
-    Booleans, activation and checks are kept; widths shrink to head_dim 8, two layers, 64 positions,
-    and an odd vocabulary, so every preset compiles in seconds and still exercises its layout.
+    Booleans, activation and checks are kept; widths shrink to head_dim 8 (rotary_dim in proportion),
+    two layers, 64 positions and an odd vocabulary, so every preset compiles in seconds and still
+    exercises its layout.
     """
 
     def hf_name(field: str) -> str | None:
@@ -135,6 +136,10 @@ def tiny_preset(spec, values: dict[str, Any]) -> dict[str, Any]:
     intermediate = read("intermediate_size")
     if intermediate:
         updates["intermediate_size"] = max(8, round(intermediate / read("hidden_size") * hidden))
+    rotary_dim = read("rotary_dim")
+    if rotary_dim:  # keep the rotated share of each head (GPT-J rotates 64 of 256)
+        head_dim = read("head_dim") or read("hidden_size") // heads
+        updates["rotary_dim"] = max(2, 2 * round(rotary_dim / head_dim * 4))
     for field, value in updates.items():
         if value is not None and hf_name(field):
             tiny[hf_name(field)] = value
