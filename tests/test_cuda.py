@@ -11,7 +11,7 @@ import pytest
 import tvm
 
 from codegen.build import compile as compile_module
-from codegen.build.compile import MODEL_FUNCTIONS, BuildOptions, build, compile_to_dir, vm_functions
+from codegen.build.compile import MODEL_FUNCTIONS, BuildOptions, CompileError, build, compile_to_dir, vm_functions
 from codegen.models import load_model
 from codegen.runtime import ArtifactError, Model
 from codegen.spec import load_spec
@@ -63,6 +63,14 @@ def test_every_spec_cross_compiles_for_cuda(name, cuda_artifact):
     metadata = json.loads((artifact / "metadata.json").read_text())
     assert metadata["codegen"]["target"] == "cuda" and metadata["codegen"]["cuda_arch"] == arch
     assert {p["dtype"] for p in metadata["params"]} == {dtype}
+
+
+def test_a_sliding_window_shorter_than_the_context_is_refused_with_the_fix():
+    """TVM's CUDA attention kernels know no window; within a context of the window's length they agree."""
+    model = load_model("mistral")
+    with pytest.raises(CompileError, match=r"sliding-window attention \(4096 of 32768 positions\).*--context-window 4096"):
+        build(model, model.config(preset="mistral_7b_v0_1"), BuildOptions(target="cuda", cuda_arch="sm_90"))
+    assert model.config(preset="mistral_7b_v0_1", context_window_size=4096).attention_window is None
 
 
 def test_wide_float16_model_compiles(tmp_path):

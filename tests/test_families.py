@@ -15,8 +15,8 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from tests.parity import VOCAB, WINDOW, check_parity
-from tests.support import REPO_ROOT, random_hf_model, save_hf_model, write_santacoder_legacy
+from tests.parity import VOCAB, WINDOW, check_parity, tokens
+from tests.support import REPO_ROOT, hf_logits, max_abs_diff, random_hf_model, save_hf_model, write_santacoder_legacy
 
 @dataclasses.dataclass(frozen=True)
 class Family:
@@ -26,6 +26,8 @@ class Family:
     config: dict[str, Any]
     # Rewrites a save_pretrained folder into another checkpoint layout (e.g. the legacy SantaCoder one).
     rewrite: Callable[[Path, Path, Any], None] | None = None
+    # Config fields the compiled model overrides (e.g. prefill_chunk_size).
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 FAMILIES = {
@@ -132,6 +134,20 @@ MORE_FAMILIES = {
             intermediate_size=96, max_position_embeddings=WINDOW, vocab_size=VOCAB, rope_theta=500.0,
         ),
     ),
+    # Window 11 with prefill chunks of 16: the batch's prompt of 33 = 3 windows is prefilled in three
+    # chunks across the other sequences', so queries see the window partly in the chunk and partly in
+    # the cache, at window starts that are not multiples of the kernels' 16-key blocks.
+    "mistral": Family(
+        spec="specs/mistral.yaml",
+        config_class="MistralConfig",
+        model_class="MistralForCausalLM",
+        config=dict(
+            hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+            intermediate_size=96, max_position_embeddings=WINDOW, vocab_size=VOCAB, rope_theta=500.0,
+            sliding_window=11,
+        ),
+        overrides=dict(prefill_chunk_size=16),
+    ),
     "gptj": Family(
         spec="specs/gptj.yaml",
         config_class="GPTJConfig",
@@ -170,7 +186,7 @@ def family_run(request, artifacts, tmp_path_factory):
     family = ALL_FAMILIES[request.param]
     hf_model = make_hf_model(family)
     model_dir = prepare(family, hf_model, tmp_path_factory.mktemp(request.param))
-    artifact = artifacts.build(str(REPO_ROOT / family.spec), model_dir)
+    artifact = artifacts.build(str(REPO_ROOT / family.spec), model_dir, **family.overrides)
     return request.param, hf_model, Model(artifact, max_batch_size=4)
 
 
@@ -178,6 +194,15 @@ def family_run(request, artifacts, tmp_path_factory):
 def test_family_parity(family_run):
     name, hf_model, model = family_run
     check_parity(model, hf_model, name)
+
+
+def test_the_sliding_window_changes_what_transformers_computes():
+    """So that mistral's parity (test_family_parity) checks the window: without it HF's logits move."""
+    family = MORE_FAMILIES["mistral"]
+    sequence = tokens(0, 3 * family.config["sliding_window"])
+    windowed = hf_logits(make_hf_model(family), sequence)
+    unwindowed = hf_logits(make_hf_model(dataclasses.replace(family, config={**family.config, "sliding_window": None})), sequence)
+    assert max_abs_diff(windowed, unwindowed) > 1.0
 
 
 def test_family_configs_read_transformers_configs(tmp_path):
@@ -215,7 +240,10 @@ def test_presets_build_configs():
             assert (config.hidden_size, config.num_attention_heads, config.num_hidden_layers) == (width, heads, layers)
     starcoder2 = load_model("starcoder2").config(preset="starcoder2_3b")
     assert starcoder2.rope_theta == 999999.4420358813 and starcoder2.num_key_value_heads == 2
-    assert starcoder2.context_window_size == 4096  # capped at the sliding window HF attends within
+    assert (starcoder2.context_window_size, starcoder2.attention_window) == (16384, 4096)
+    mistral = load_model("mistral")
+    assert mistral.config(preset="mistral_7b_v0_1").attention_window == 4096
+    assert mistral.config(preset="codestral_22b_v0_1").attention_window is None  # sliding_window: null
     assert load_model("gpt2").config(preset="gpt2").intermediate_size == 3072  # n_inner null -> 4 x width
 
 

@@ -28,6 +28,8 @@ def engine_limits(config: Any) -> dict[str, Any]:
     """The window and parallelism fields that both `_metadata` and mlc-chat-config.json carry."""
     return {
         "context_window_size": config.context_window_size,
+        # MLC's field makes its engine evict pages past the window; a library with a sliding window
+        # masks inside its own kernels over the whole cache instead (codegen.attention_window).
         "sliding_window_size": -1,
         "attention_sink_size": -1,
         "prefill_chunk_size": config.prefill_chunk_size,

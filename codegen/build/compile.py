@@ -109,6 +109,7 @@ def metadata(model: GeneratedModel, config: Any, options: BuildOptions, named_pa
             "target": options.target,
             "cuda_arch": options.cuda_arch if options.target == "cuda" else None,
             "vocab_size": config.vocab_size,
+            "attention_window": config.attention_window,
             "functions": list(MODEL_FUNCTIONS),
         },
     }
@@ -123,12 +124,19 @@ def _attach_metadata(ir_module: tvm.IRModule, fields: dict[str, Any]) -> tvm.IRM
 
 def build(model: GeneratedModel, config: Any, options: BuildOptions) -> tuple[relax.VMExecutable, dict[str, Any]]:
     """Export and compile; returns the executable and its metadata."""
+    window = config.attention_window
+    if window is not None and options.target == "cuda":
+        raise CompileError(
+            f"{model.name}: sliding-window attention ({window} of {config.context_window_size} positions) runs in"
+            f" the CPU attention kernels only; for cuda compile with --context-window {window}, within which"
+            " attention over the window and over the whole context agree"
+        )
     ir_module, named_params = export(model, config, options)
     fields = metadata(model, config, options, named_params)
     ir_module = _attach_metadata(ir_module, fields)
     target = options.tvm_target()
     with target, tvm.transform.PassContext(opt_level=3, config=pass_config(options)):
-        executable = tvm.compile(ir_module, target=target, relax_pipeline=pipeline.relax_pipeline(target))
+        executable = tvm.compile(ir_module, target=target, relax_pipeline=pipeline.relax_pipeline(target, window))
     missing = sorted(set(MODEL_FUNCTIONS + ("_metadata",)) - set(vm_functions(executable)))
     if missing:
         raise CompileError(f"the built library lacks the functions {', '.join(missing)}")

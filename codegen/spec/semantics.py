@@ -98,6 +98,7 @@ _FIELD_KINDS = {
     "num_key_value_heads": "int",
     "head_dim": "int",
     "context_window_size": "int",
+    "sliding_window_size": "int",
     "norm_eps": "float",
     "rope_theta": "float",
     "rotary_fraction": "float",

@@ -335,6 +335,11 @@ class GPTJConfig:
     def num_key_value_heads(self) -> int:
         return self.num_attention_heads
 
+    @property
+    def attention_window(self) -> int | None:
+        """Keys a query attends to, itself included, where that is fewer than the context; else None."""
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -391,6 +391,11 @@ class LlamaConfig:
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.rotary_fraction)
 
+    @property
+    def attention_window(self) -> int | None:
+        """Keys a query attends to, itself included, where that is fewer than the context; else None."""
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

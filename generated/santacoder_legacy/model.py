@@ -350,6 +350,11 @@ class SantaCoderLegacyConfig:
     def num_key_value_heads(self) -> int:
         return 1
 
+    @property
+    def attention_window(self) -> int | None:
+        """Keys a query attends to, itself included, where that is fewer than the context; else None."""
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

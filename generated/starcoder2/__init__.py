@@ -1,5 +1,5 @@
 # Generated from specs/starcoder2.yaml by `codegen generate`. DO NOT EDIT: change the spec or templates/ and regenerate.
-# spec-sha256: 743e123744800fc684fa60d0901f480b4262996256524eb9ed3c3e1d26984ef1
+# spec-sha256: d2229f8d4f48137b29f8c5c765423b9f455ec414698599df1f7dddba2813a94a
 """StarCoder2: grouped-query attention, rotary positions, LayerNorm, tanh-GELU MLP, biases everywhere."""
 
 from .model import (

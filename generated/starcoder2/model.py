@@ -1,5 +1,5 @@
 # Generated from specs/starcoder2.yaml by `codegen generate`. DO NOT EDIT: change the spec or templates/ and regenerate.
-# spec-sha256: 743e123744800fc684fa60d0901f480b4262996256524eb9ed3c3e1d26984ef1
+# spec-sha256: d2229f8d4f48137b29f8c5c765423b9f455ec414698599df1f7dddba2813a94a
 """StarCoder2: grouped-query attention, rotary positions, LayerNorm, tanh-GELU MLP, biases everywhere.
 
 Relax model for TVM, following the MLC LLM model-library contract: embed, prefill, decode,
@@ -267,6 +267,7 @@ class Starcoder2Config:
     num_key_value_heads: int
     head_dim: int
     context_window_size: int
+    sliding_window_size: int
     norm_eps: float
     rope_theta: float
     rotary_fraction: float
@@ -297,7 +298,10 @@ class Starcoder2Config:
         num_attention_heads = _read(hf_config, "num_attention_heads", int)
         num_key_value_heads = _read(hf_config, "num_key_value_heads", int)
         head_dim = hidden_size // num_attention_heads
-        context_window_size = _read(hf_config, ("sliding_window", "max_position_embeddings"), int)
+        context_window_size = _read(hf_config, "max_position_embeddings", int)
+        sliding_window_size = _read(hf_config, "sliding_window", int, default=None)
+        if sliding_window_size is None:
+            sliding_window_size = context_window_size
         norm_eps = _read(hf_config, "norm_epsilon", float, default=1e-05)
         rope_theta = _read(
             hf_config, ("rope_theta", "rope_parameters.rope_theta"), float, default=10000.0
@@ -319,6 +323,7 @@ class Starcoder2Config:
             num_key_value_heads=num_key_value_heads,
             head_dim=head_dim,
             context_window_size=context_window_size,
+            sliding_window_size=sliding_window_size,
             norm_eps=norm_eps,
             rope_theta=rope_theta,
             rotary_fraction=rotary_fraction,
@@ -363,6 +368,15 @@ class Starcoder2Config:
     @property
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.rotary_fraction)
+
+    @property
+    def attention_window(self) -> int | None:
+        """Keys a query attends to, itself included, where that is fewer than the context; else None."""
+        return (
+            self.sliding_window_size
+            if self.sliding_window_size < self.context_window_size
+            else None
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,5 +1,5 @@
 # Generated from specs/starcoder2.yaml by `codegen generate`. DO NOT EDIT: change the spec or templates/ and regenerate.
-# spec-sha256: 743e123744800fc684fa60d0901f480b4262996256524eb9ed3c3e1d26984ef1
+# spec-sha256: d2229f8d4f48137b29f8c5c765423b9f455ec414698599df1f7dddba2813a94a
 """Where each Starcoder2 model parameter comes from in a Hugging Face checkpoint.
 
 A parameter is read from one HF tensor, or from several concatenated along axis 0, after the listed

@@ -13,6 +13,10 @@ diagonal. The prefill kernels first copy the keys, transposed, into a float32 wo
 vector FMA scores a block of keys for one query; decode uses each key once per query head, too few
 times to pay for that, and scores key rows with a transposing vector reduction instead.
 
+With a sliding window W (Mistral, StarCoder2), the query at position p sees only keys p-W+1 .. p:
+the cache keeps the whole context and the kernels skip the blocks before the window, so attention
+matches HF's over any prompt length.
+
 RoPE is applied before the cache (RopeMode NORMAL or NONE); the kernels refuse rotary_mode=1.
 """
 
@@ -167,24 +171,28 @@ def _row_key_scores(tiling: Tiling, qk_dim: int):
     return score
 
 
-def _tile_attention(tiling: Tiling, qk_dim: int, v_dim: int, dtype: str, score):
+def _tile_attention(tiling: Tiling, qk_dim: int, v_dim: int, dtype: str, score, window: int | None):
     """A macro: softmax(q k^T * sm_scale) @ v for a tile of query rows x query heads of one KV head.
 
     The tile is rows [first_row, first_row + row_tile) of a sequence of `rows` query rows (those past
     its end are skipped) and heads [head, head + head_tile). Row r sees the sequence's keys
-    [0, _visible_keys(causal, r, keys, rows)); `score` (a macro above) reads them through `key`,
+    [start, _visible_keys(causal, r, keys, rows)), where start is 0 without a window and otherwise
+    the window's first key before `position(r, keys, rows)`, the index the query's own token has
+    among the keys. `score` (a macro above) reads the keys through `key`,
     P @ V reads `value(kv_head, first, j, c)`, element c of value first+j. Writes `output` and `lse`
     (log2 domain, as TVM's kernels).
     """
     heads, queries, lanes = tiling.head_tile, tiling.queries, tiling.v_lanes
 
     @T.macro
-    def attend(q, output, lse, q_begin, first_row, rows, keys, causal, head, kv_head, key, value, sm_scale):
+    def attend(q, output, lse, q_begin, first_row, rows, keys, causal, position, head, kv_head, key, value, sm_scale):
         with T.sblock("tile"):
             # The accessed regions depend on lets bound inside the block; nothing schedules it.
             T.reads()
             T.writes()
+            start = T.sblock_alloc_buffer((queries,), "int32", scope="local")
             limit = T.sblock_alloc_buffer((queries,), "int32", scope="local")
+            tile_start = T.sblock_alloc_buffer((1,), "int32", scope="local")
             tile_limit = T.sblock_alloc_buffer((1,), "int32", scope="local")
             q_scaled = T.sblock_alloc_buffer((queries, qk_dim), "float32", scope="local")
             acc = T.sblock_alloc_buffer((queries, v_dim), "float32", scope="local")
@@ -193,6 +201,7 @@ def _tile_attention(tiling: Tiling, qk_dim: int, v_dim: int, dtype: str, score):
             # Per-lane partial sums of exp2(score - run_max): folded once, when the tile is done.
             run_sum = T.sblock_alloc_buffer((queries, KEY_LANES), "float32", scope="local")
             total = T.sblock_alloc_buffer((1,), "float32", scope="local")
+            tile_start[0] = keys
             tile_limit[0] = 0
             for i in T.serial(queries):
                 row: T.let[T.int32] = first_row + i // heads
@@ -202,23 +211,28 @@ def _tile_attention(tiling: Tiling, qk_dim: int, v_dim: int, dtype: str, score):
                 for c in T.vectorized(v_dim):
                     acc[i, c] = T.float32(0.0)
                 if row < rows:
+                    start[i] = _window_start(window, position(row, keys, rows))
                     limit[i] = _visible_keys(causal, row, keys, rows)
+                    tile_start[0] = T.min(tile_start[0], start[i])
                     for c in T.vectorized(qk_dim):
                         q_scaled[i, c] = T.Cast("float32", q[q_begin + row, head + i % heads, c]) * (
                             sm_scale * T.float32(LOG2E)
                         )
                 else:
+                    start[i] = 0
                     limit[i] = 0
                     for c in T.vectorized(qk_dim):
                         q_scaled[i, c] = T.float32(0.0)
                 tile_limit[0] = T.max(tile_limit[0], limit[i])
-            for key_block in T.serial(T.ceildiv(tile_limit[0], KEY_LANES)):
+            for key_block in T.serial(tile_start[0] // KEY_LANES, T.ceildiv(tile_limit[0], KEY_LANES)):
                 first: T.let[T.int32] = key_block * KEY_LANES
                 score(scores, q_scaled, key, kv_head, first)
                 for i in T.serial(queries):
                     # A select, not arithmetic: lanes past the limit may hold any bits, NaN included.
                     for j in T.vectorized(KEY_LANES):
-                        scores[i, j] = T.Select(first + j < limit[i], scores[i, j], T.float32(MASKED_SCORE))
+                        scores[i, j] = T.Select(
+                            _key_visible(window, first + j, start[i], limit[i]), scores[i, j], T.float32(MASKED_SCORE)
+                        )
                     block_max: T.let[T.float32] = _fold_max(tirx.BufferLoad(scores, [i, T.ramp(0, 1, KEY_LANES)]))
                     new_max: T.let[T.float32] = T.max(run_max[i], block_max)
                     rescale: T.let[T.float32] = _exp2(run_max[i] - new_max)
@@ -251,16 +265,16 @@ def _tile_attention(tiling: Tiling, qk_dim: int, v_dim: int, dtype: str, score):
     return attend
 
 
-def _sequence_rows(group_size: int, h_kv: int, qk_dim: int, v_dim: int, dtype: str):
+def _sequence_rows(group_size: int, h_kv: int, qk_dim: int, v_dim: int, dtype: str, window: int | None):
     """A macro: every query row of one sequence against its keys stored transposed, in parallel over
     (KV head, head tile, pair of row tiles)."""
     tiling = Tiling.choose(group_size, qk_dim, v_dim, rows=True)
     heads, row_tile = tiling.head_tile, tiling.row_tile
     head_tiles = group_size // heads
-    attend = _tile_attention(tiling, qk_dim, v_dim, dtype, _transposed_key_scores(tiling, qk_dim))
+    attend = _tile_attention(tiling, qk_dim, v_dim, dtype, _transposed_key_scores(tiling, qk_dim), window)
 
     @T.macro
-    def sequence_rows(q, output, lse, q_begin, rows, keys, causal, key, value, sm_scale):
+    def sequence_rows(q, output, lse, q_begin, rows, keys, causal, position, key, value, sm_scale):
         # Under the causal mask row tiles t and n-1-t together see about as many keys as any other
         # such pair: an item takes both, so items cost the same and the pool's equal split balances.
         row_tiles: T.let[T.int32] = T.ceildiv(rows, row_tile)
@@ -274,7 +288,9 @@ def _sequence_rows(group_size: int, h_kv: int, qk_dim: int, v_dim: int, dtype: s
                 row_tile_index: T.let[T.int32] = T.if_then_else(side == 0, pair, row_tiles - 1 - pair)
                 if side == 0 or row_tile_index != pair:
                     first_row: T.let[T.int32] = row_tile_index * row_tile
-                    attend(q, output, lse, q_begin, first_row, rows, keys, causal, head, kv_head, key, value, sm_scale)
+                    attend(
+                        q, output, lse, q_begin, first_row, rows, keys, causal, position, head, kv_head, key, value, sm_scale
+                    )
 
     return sequence_rows
 
@@ -282,6 +298,25 @@ def _sequence_rows(group_size: int, h_kv: int, qk_dim: int, v_dim: int, dtype: s
 def _visible_keys(causal, row, kv_len, qo_len):
     """Keys [0, n) that query `row` may attend to, as TVM's causal mask defines them."""
     return T.if_then_else(causal > 0, T.max(T.min(kv_len - qo_len + row + 1, kv_len), 0), kv_len)
+
+
+def _among_keys(row, keys, rows):
+    """The query rows are the last `rows` keys: ragged prefill, decode, a causal paged prefill."""
+    return keys - rows + row
+
+
+def _after_keys(row, keys, rows):
+    """The keys are the cache before the query rows: the paged half of a chunked prefill (causal=0)."""
+    return keys + row
+
+
+def _window_start(window: int | None, position):
+    """First key a query at `position` sees: HF's sliding window keeps keys p - W < k <= p."""
+    return 0 if window is None else T.max(position + 1 - window, 0)
+
+
+def _key_visible(window: int | None, index, start, limit):
+    return index < limit if window is None else tirx.And(index >= start, index < limit)
 
 
 def _paged_keys(page_begin, page_end, last_page_len, page_size):
@@ -322,9 +357,9 @@ ROTARY_MODE_MESSAGE = (
 )
 
 
-def ragged_prefill(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str) -> tirx.PrimFunc:
+def ragged_prefill(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, window: int | None = None) -> tirx.PrimFunc:
     """Replaces TVM's `_attention_prefill_ragged_cpu`: attention among the newly appended tokens."""
-    sequence_rows = _sequence_rows(h_q // h_kv, h_kv, d_qk, d_v, dtype)
+    sequence_rows = _sequence_rows(h_q // h_kv, h_kv, d_qk, d_v, dtype, window)
 
     @T.prim_func(s_tir=True)
     def batch_prefill_ragged_kv(
@@ -374,6 +409,7 @@ def ragged_prefill(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str) -> tirx
             kv_begin: T.let[T.int32] = kv_indptr[b]
             sequence_rows(
                 q, output, lse, q_indptr[b], q_indptr[b + 1] - q_indptr[b], kv_indptr[b + 1] - kv_begin, causal,
+                _among_keys,
                 lambda kv_head, first, j, c: k_t[kv_head, c, kv_begin + first + j],
                 lambda kv_head, first, j, c: v[kv_begin + first + j, kv_head, c],
                 sm_scale,
@@ -412,9 +448,9 @@ def _match_pages(pages, page_indptr, page_values, length_info, k_rope_pos_offset
     )
 
 
-def paged_prefill(h_kv: int, h_q: int, d: int, dtype: str, page_size: int) -> tirx.PrimFunc:
+def paged_prefill(h_kv: int, h_q: int, d: int, dtype: str, page_size: int, window: int | None = None) -> tirx.PrimFunc:
     """Replaces TVM's `_attention_prefill_cpu` (no sliding window): new queries against the cache."""
-    sequence_rows = _sequence_rows(h_q // h_kv, h_kv, d, d, dtype)
+    sequence_rows = _sequence_rows(h_q // h_kv, h_kv, d, d, dtype, window)
     transpose_keys = _transpose_paged_keys(h_kv, d, page_size)
 
     @T.prim_func(s_tir=True)
@@ -441,6 +477,7 @@ def paged_prefill(h_kv: int, h_q: int, d: int, dtype: str, page_size: int) -> ti
             sequence_rows(
                 q, output, lse, q_indptr[b], q_indptr[b + 1] - q_indptr[b],
                 _paged_keys(page_begin, page_indptr[b + 1], length_info[b], page_size), causal,
+                lambda row, keys, rows: T.if_then_else(causal > 0, _among_keys(row, keys, rows), _after_keys(row, keys, rows)),
                 lambda kv_head, first, j, c: k_t[kv_head, c, page_begin * page_size + first + j],
                 _paged_rows(pages, page_values, page_begin, page_size, kv=1),
                 sm_scale,
@@ -449,7 +486,7 @@ def paged_prefill(h_kv: int, h_q: int, d: int, dtype: str, page_size: int) -> ti
     return batch_prefill_paged_kv_cpu
 
 
-def paged_decode(h_kv: int, h_q: int, d: int, dtype: str, page_size: int) -> tirx.PrimFunc:
+def paged_decode(h_kv: int, h_q: int, d: int, dtype: str, page_size: int, window: int | None = None) -> tirx.PrimFunc:
     """Replaces TVM's `_attention_decode_cpu` (no sliding window): one new query per sequence against
     the cache, which already holds that token's key and value.
 
@@ -460,7 +497,7 @@ def paged_decode(h_kv: int, h_q: int, d: int, dtype: str, page_size: int) -> tir
     tiling = Tiling.choose(group_size, d, d, rows=False)
     heads = tiling.head_tile
     head_tiles = group_size // heads
-    attend = _tile_attention(tiling, d, d, dtype, _row_key_scores(tiling, d))
+    attend = _tile_attention(tiling, d, d, dtype, _row_key_scores(tiling, d), window)
 
     @T.prim_func(s_tir=True)
     def batch_decode_paged_kv_cpu(
@@ -482,9 +519,10 @@ def paged_decode(h_kv: int, h_q: int, d: int, dtype: str, page_size: int) -> tir
             tile: T.let[T.int32] = item % (h_kv * head_tiles)
             kv_head: T.let[T.int32] = tile // head_tiles
             page_begin: T.let[T.int32] = page_indptr[b]
-            # The sequence's one query row sees every key (causal=0).
+            # The sequence's one query row is its last key and sees every key before it (causal=0).
             attend(
                 q, output, lse, b, 0, 1, _paged_keys(page_begin, page_indptr[b + 1], length_info[b], page_size), 0,
+                _among_keys,
                 kv_head * group_size + tile % head_tiles * heads, kv_head,
                 _paged_rows(pages, page_values, page_begin, page_size, kv=0),
                 _paged_rows(pages, page_values, page_begin, page_size, kv=1),
@@ -504,24 +542,24 @@ def _heads_and_dim(buffer: tirx.Buffer) -> tuple[int, int]:
     return int(buffer.shape[1]), int(buffer.shape[2])
 
 
-def _ragged_from(func: tirx.PrimFunc) -> tirx.PrimFunc:
+def _ragged_from(func: tirx.PrimFunc, window: int | None) -> tirx.PrimFunc:
     q, k, v = _buffer(func, 0), _buffer(func, 2), _buffer(func, 3)
     h_q, d_qk = _heads_and_dim(q)
-    return ragged_prefill(int(k.shape[1]), h_q, d_qk, int(v.shape[2]), q.dtype)
+    return ragged_prefill(int(k.shape[1]), h_q, d_qk, int(v.shape[2]), q.dtype, window)
 
 
-def _paged_prefill_from(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
+def _paged_prefill_from(func: tirx.PrimFunc, window: int | None) -> tirx.PrimFunc | None:
     q, pages = _buffer(func, 0), _buffer(func, 2)
     h_q, d = _heads_and_dim(q)
     page_size = int(pages.shape[3])
-    return paged_prefill(int(pages.shape[2]), h_q, d, q.dtype, page_size) if page_size % KEY_LANES == 0 else None
+    return paged_prefill(int(pages.shape[2]), h_q, d, q.dtype, page_size, window) if page_size % KEY_LANES == 0 else None
 
 
-def _paged_decode_from(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
+def _paged_decode_from(func: tirx.PrimFunc, window: int | None) -> tirx.PrimFunc | None:
     q, pages = _buffer(func, 0), _buffer(func, 1)
     h_q, d = _heads_and_dim(q)
     page_size = int(pages.shape[3])
-    return paged_decode(int(pages.shape[2]), h_q, d, q.dtype, page_size) if page_size % KEY_LANES == 0 else None
+    return paged_decode(int(pages.shape[2]), h_q, d, q.dtype, page_size, window) if page_size % KEY_LANES == 0 else None
 
 
 # TVM's CPU kernels by global symbol (TIRPagedKVCache names their GlobalVars after it), each with
@@ -534,10 +572,12 @@ REPLACEMENTS = {
 }
 
 
-def replace_kv_cache_kernels() -> tvm.transform.Pass:
+def replace_kv_cache_kernels(window: int | None = None) -> tvm.transform.Pass:
     """Swap TVM's paged KV cache CPU attention kernels in an llvm IRModule for the ones above.
 
-    The GlobalVars stay, so the cache's creation call now hands the VM our kernels.
+    The GlobalVars stay, so the cache's creation call now hands the VM our kernels. `window`: the
+    sliding window of the model's attention, None for none. TVM's kernels know no such window, so
+    with one every kernel must be replaced.
     """
 
     @tvm.transform.module_pass(opt_level=0, name="CodegenCPUAttention")
@@ -546,9 +586,16 @@ def replace_kv_cache_kernels() -> tvm.transform.Pass:
             if not isinstance(func, tirx.PrimFunc) or func.attrs is None:
                 continue
             symbol = func.attrs.get("global_symbol")
-            replacement = REPLACEMENTS[symbol](func) if symbol in REPLACEMENTS else None
+            if symbol not in REPLACEMENTS:
+                continue
+            replacement = REPLACEMENTS[symbol](func, window)
             if replacement is not None:
                 mod[global_var] = replacement.with_attr("global_symbol", symbol)
+            elif window is not None:  # the runtime's page size is fixed: this is a bug, not an input
+                raise RuntimeError(
+                    f"sliding-window attention needs the CPU attention kernels, which do not handle this"
+                    f" KV cache layout ({symbol}: page size not a multiple of {KEY_LANES})"
+                )
         return mod
 
     return _replace

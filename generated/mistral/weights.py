@@ -1,0 +1,70 @@
+# Generated from specs/mistral.yaml by `codegen generate`. DO NOT EDIT: change the spec or templates/ and regenerate.
+# spec-sha256: fc67766e8184aaf14d92a8ffe736fea5900653c9abb3b073a96be30d6175ec74
+"""Where each Mistral model parameter comes from in a Hugging Face checkpoint.
+
+A parameter is read from one HF tensor, or from several concatenated along axis 0, after the listed
+transforms are applied to each source: transpose (swap the axes of a matrix) and deinterleave_qkv
+(rows stored per KV head as [q heads, k, v] -> all q, all k, all v rows).
+"""
+
+import dataclasses
+
+from .model import MistralConfig
+
+# A checkpoint of the bare backbone (HF's base model class) names its tensors without this prefix.
+BACKBONE_PREFIX = "model."
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSource:
+    hf_names: tuple[str, ...]
+    transforms: tuple[str, ...] = ()
+
+
+def weight_map(config: MistralConfig) -> dict[str, WeightSource]:
+    """Model parameter name -> its source in the HF checkpoint."""
+    sources = {
+        "model.embed_tokens.weight": WeightSource(("model.embed_tokens.weight",)),
+        "model.norm.weight": WeightSource(("model.norm.weight",)),
+    }
+    for i in range(config.num_hidden_layers):
+        sources[f"model.layers.{i}.input_layernorm.weight"] = WeightSource(
+            (f"model.layers.{i}.input_layernorm.weight",)
+        )
+        sources[f"model.layers.{i}.self_attn.q_proj.weight"] = WeightSource(
+            (f"model.layers.{i}.self_attn.q_proj.weight",)
+        )
+        sources[f"model.layers.{i}.self_attn.k_proj.weight"] = WeightSource(
+            (f"model.layers.{i}.self_attn.k_proj.weight",)
+        )
+        sources[f"model.layers.{i}.self_attn.v_proj.weight"] = WeightSource(
+            (f"model.layers.{i}.self_attn.v_proj.weight",)
+        )
+        sources[f"model.layers.{i}.self_attn.o_proj.weight"] = WeightSource(
+            (f"model.layers.{i}.self_attn.o_proj.weight",)
+        )
+        sources[f"model.layers.{i}.post_attention_layernorm.weight"] = WeightSource(
+            (f"model.layers.{i}.post_attention_layernorm.weight",)
+        )
+        sources[f"model.layers.{i}.mlp.gate_proj.weight"] = WeightSource(
+            (f"model.layers.{i}.mlp.gate_proj.weight",)
+        )
+        sources[f"model.layers.{i}.mlp.up_proj.weight"] = WeightSource(
+            (f"model.layers.{i}.mlp.up_proj.weight",)
+        )
+        sources[f"model.layers.{i}.mlp.down_proj.weight"] = WeightSource(
+            (f"model.layers.{i}.mlp.down_proj.weight",)
+        )
+    if not config.tie_word_embeddings:
+        sources["lm_head.weight"] = WeightSource(("lm_head.weight",))
+    return sources
+
+
+def ignored_tensors(config: MistralConfig) -> set[str]:
+    """HF tensors that are not parameters: buffers, and the LM head when it is tied to the embedding."""
+    ignored = set()
+    for i in range(config.num_hidden_layers):
+        ignored.add(f"model.layers.{i}.self_attn.rotary_emb.inv_freq")
+    if config.tie_word_embeddings:
+        ignored.add("lm_head.weight")
+    return ignored
