@@ -31,24 +31,24 @@ DECODE_CONTEXTS = [[150], [1, 17, 64, 33]]
 NO_ROPE = (0, 1.0, 10000.0)
 
 
-def _ours_ragged(h_kv, h_q, d, dtype):
-    return attention_cpu.ragged_prefill(h_kv, h_q, d, d, dtype)
+def _ours_ragged(h_kv, h_q, d, dtype, window=None):
+    return attention_cpu.ragged_prefill(h_kv, h_q, d, d, dtype, window)
 
 
 def _tvms_ragged(h_kv, h_q, d, dtype):
     return _attention_prefill_ragged_cpu(h_kv, h_q, d, d, dtype, {})
 
 
-def _ours_paged_prefill(h_kv, h_q, d, dtype):
-    return attention_cpu.paged_prefill(h_kv, h_q, d, dtype, PAGE_SIZE)
+def _ours_paged_prefill(h_kv, h_q, d, dtype, window=None):
+    return attention_cpu.paged_prefill(h_kv, h_q, d, dtype, PAGE_SIZE, window)
 
 
 def _tvms_paged_prefill(h_kv, h_q, d, dtype):
     return _attention_prefill_cpu(h_kv, h_q, d, dtype, False, {}, PAGE_SIZE)
 
 
-def _ours_decode(h_kv, h_q, d, dtype):
-    return attention_cpu.paged_decode(h_kv, h_q, d, dtype, PAGE_SIZE)
+def _ours_decode(h_kv, h_q, d, dtype, window=None):
+    return attention_cpu.paged_decode(h_kv, h_q, d, dtype, PAGE_SIZE, window)
 
 
 def _tvms_decode(h_kv, h_q, d, dtype):
@@ -133,9 +133,11 @@ class PagedCache:
         return sequences
 
 
-def _reference(q, q_indptr, keys, values, causal: int):
+def _reference(q, q_indptr, keys, values, causal: int, window: int | None = None, keys_precede_queries: bool = False):
     """float64 attention of each sequence's query rows: output, and lse as TVM defines it (log2 of the
-    softmax denominator of the log2(e)-scaled scores)."""
+    softmax denominator of the log2(e)-scaled scores). With a window, a query at position p sees keys
+    p - window < k <= p, where p is its index among the keys, or past them when `keys_precede_queries`
+    (the cache before a prefill chunk)."""
     h_q, h_kv, sm_scale = q.shape[1], keys[0].shape[1], q.shape[2] ** -0.5
     out = np.zeros(q.shape, np.float64)
     lse = np.full(q.shape[:2], attention_cpu.EMPTY_ROW_LSE)
@@ -143,11 +145,13 @@ def _reference(q, q_indptr, keys, values, causal: int):
         rows = q_indptr[b + 1] - q_indptr[b]
         for r, row in enumerate(range(q_indptr[b], q_indptr[b + 1])):
             visible = min(len(k), max(0, len(k) - rows + r + 1)) if causal else len(k)
-            for h in range(h_q if visible else 0):
+            position = len(k) + r if keys_precede_queries else len(k) - rows + r
+            first = 0 if window is None else max(0, position + 1 - window)
+            for h in range(h_q if visible > first else 0):
                 kv_head = h // (h_q // h_kv)
-                scores = k[:visible, kv_head].astype(np.float64) @ q[row, h] * sm_scale * np.log2(np.e)
+                scores = k[first:visible, kv_head].astype(np.float64) @ q[row, h] * sm_scale * np.log2(np.e)
                 weights = np.exp2(scores - scores.max())
-                out[row, h] = weights @ v[:visible, kv_head] / weights.sum()
+                out[row, h] = weights @ v[first:visible, kv_head] / weights.sum()
                 lse[row, h] = scores.max() + np.log2(weights.sum())
     return out, lse
 
@@ -193,6 +197,35 @@ def test_paged_decode(build, layout, lengths):
     ours = _run_decode(build(_ours_decode, *LAYOUTS[layout]), q, cache)
     _assert_close(ours, _reference(q, np.arange(len(lengths) + 1), cache.tokens(0), cache.tokens(1), 0))
     _assert_close(ours, _run_decode(build(_tvms_decode, *LAYOUTS[layout]), q, cache))
+
+
+@pytest.mark.parametrize("window", [11, 16])
+def test_a_sliding_window_limits_each_query_to_its_last_keys(build, window):
+    """Window starts inside a 16-key block and on its edge; queries among the keys (ragged, causal
+    paged prefill, decode) and queries after them (the cache before a prefill chunk)."""
+    h_kv, h_q, d = LAYOUTS["gqa3_d40"]
+    rng = np.random.default_rng(4)
+    lengths = [40, 7]
+    q = rng.standard_normal((sum(lengths), h_q, d), dtype="float32")
+    k, v = (rng.standard_normal((sum(lengths), h_kv, d), dtype="float32") for _ in range(2))
+    ragged = build(functools.partial(_ours_ragged, window=window), h_kv, h_q, d)
+    indptr = _indptr(lengths)
+    split = [slice(begin, end) for begin, end in zip(indptr, indptr[1:])]
+    expected = _reference(q, indptr, [k[s] for s in split], [v[s] for s in split], 1, window)
+    _assert_close(_run_ragged(ragged, q, k, v, lengths, 1), expected)
+
+    paged = build(functools.partial(_ours_paged_prefill, window=window), h_kv, h_q, d)
+    cache = PagedCache(rng, h_kv, d, [70, 0, 33])
+    q_lengths = [9, 3, 5]
+    q = rng.standard_normal((sum(q_lengths), h_q, d), dtype="float32")
+    for causal, keys_precede_queries in ((0, True), (1, False)):
+        expected = _reference(q, _indptr(q_lengths), cache.tokens(0), cache.tokens(1), causal, window, keys_precede_queries)
+        _assert_close(_run_paged_prefill(paged, q, cache, q_lengths, causal), expected)
+
+    decode = build(functools.partial(_ours_decode, window=window), h_kv, h_q, d)
+    q = rng.standard_normal((3, h_q, d), dtype="float32")
+    expected = _reference(q, np.arange(4), cache.tokens(0), cache.tokens(1), 0, window)
+    _assert_close(_run_decode(decode, q, cache), expected)
 
 
 def test_float16_is_computed_in_float32_like_tvms(build):
@@ -251,3 +284,6 @@ def test_pages_that_are_not_whole_key_blocks_keep_tvms_kernel():
     original = _attention_decode_cpu(1, 4, 64, "float32", False, {}, page_size=8)
     mod = attention_cpu.replace_kv_cache_kernels()(tvm.IRModule({"batch_decode_paged_kv_cpu": original}))
     tvm.ir.assert_structural_equal(mod["batch_decode_paged_kv_cpu"], original)
+    # TVM's kernel knows no window: keeping it would attend to every key.
+    with pytest.raises(RuntimeError, match="sliding-window attention needs the CPU attention kernels"):
+        attention_cpu.replace_kv_cache_kernels(window=11)(tvm.IRModule({"batch_decode_paged_kv_cpu": original}))

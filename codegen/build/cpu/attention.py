@@ -289,7 +289,8 @@ def _sequence_rows(group_size: int, h_kv: int, qk_dim: int, v_dim: int, dtype: s
                 if side == 0 or row_tile_index != pair:
                     first_row: T.let[T.int32] = row_tile_index * row_tile
                     attend(
-                        q, output, lse, q_begin, first_row, rows, keys, causal, position, head, kv_head, key, value, sm_scale
+                        q, output, lse, q_begin, first_row, rows, keys, causal, position,
+                        head, kv_head, key, value, sm_scale,
                     )
 
     return sequence_rows
@@ -305,7 +306,7 @@ def _among_keys(row, keys, rows):
     return keys - rows + row
 
 
-def _after_keys(row, keys, rows):
+def _after_keys(row, keys):
     """The keys are the cache before the query rows: the paged half of a chunked prefill (causal=0)."""
     return keys + row
 
@@ -449,7 +450,8 @@ def _match_pages(pages, page_indptr, page_values, length_info, k_rope_pos_offset
 
 
 def paged_prefill(h_kv: int, h_q: int, d: int, dtype: str, page_size: int, window: int | None = None) -> tirx.PrimFunc:
-    """Replaces TVM's `_attention_prefill_cpu` (no sliding window): new queries against the cache."""
+    """Replaces TVM's `_attention_prefill_cpu` (its variant without a sliding window; `window` gives
+    ours one): new queries against the cache."""
     sequence_rows = _sequence_rows(h_q // h_kv, h_kv, d, d, dtype, window)
     transpose_keys = _transpose_paged_keys(h_kv, d, page_size)
 
@@ -477,7 +479,9 @@ def paged_prefill(h_kv: int, h_q: int, d: int, dtype: str, page_size: int, windo
             sequence_rows(
                 q, output, lse, q_indptr[b], q_indptr[b + 1] - q_indptr[b],
                 _paged_keys(page_begin, page_indptr[b + 1], length_info[b], page_size), causal,
-                lambda row, keys, rows: T.if_then_else(causal > 0, _among_keys(row, keys, rows), _after_keys(row, keys, rows)),
+                lambda row, keys, rows: T.if_then_else(
+                    causal > 0, _among_keys(row, keys, rows), _after_keys(row, keys)
+                ),
                 lambda kv_head, first, j, c: k_t[kv_head, c, page_begin * page_size + first + j],
                 _paged_rows(pages, page_values, page_begin, page_size, kv=1),
                 sm_scale,
@@ -487,8 +491,8 @@ def paged_prefill(h_kv: int, h_q: int, d: int, dtype: str, page_size: int, windo
 
 
 def paged_decode(h_kv: int, h_q: int, d: int, dtype: str, page_size: int, window: int | None = None) -> tirx.PrimFunc:
-    """Replaces TVM's `_attention_decode_cpu` (no sliding window): one new query per sequence against
-    the cache, which already holds that token's key and value.
+    """Replaces TVM's `_attention_decode_cpu` (its variant without a sliding window): one new query
+    per sequence against the cache, which already holds that token's key and value.
 
     Each key is used once per query head here, too few times to pay for transposing it: keys are
     scored as rows, in parallel over (sequence, KV head, head tile).
