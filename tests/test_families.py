@@ -155,6 +155,14 @@ MORE_FAMILIES = {
         # Interleaved rotation of 10 of head_dim 16: a rotate_half pairing or all 16 would not match.
         config=dict(n_embd=64, n_head=4, n_layer=2, n_inner=96, n_positions=WINDOW, vocab_size=VOCAB, rotary_dim=10),
     ),
+    # 8 heads in CodeGen's 4 shards of [q | v | k]: two heads per shard, so a wrong unsharding order
+    # (shard-major vs head-major, or q/v/k taken as q/k/v) swaps heads or keys and values.
+    "codegen": Family(
+        spec="specs/codegen.yaml",
+        config_class="CodeGenConfig",
+        model_class="CodeGenForCausalLM",
+        config=dict(n_embd=64, n_head=8, n_layer=2, n_inner=96, n_positions=WINDOW, vocab_size=VOCAB, rotary_dim=6),
+    ),
 }
 ALL_FAMILIES = {**FAMILIES, **MORE_FAMILIES}
 

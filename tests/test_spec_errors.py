@@ -72,6 +72,8 @@ CASES = [
      ("config", "num_key_value_heads"), "num_key_value_heads:", ["not used", "mqa"]),
     ("deinterleave under mqa", ("  rules: []", "  rules:\n    - {param: \"transformer.h.{i}.attn.c_attn.weight\", from: \"transformer.h.{i}.attn.c_attn.weight\", transforms: [deinterleave_qkv]}"),
      ("weights", "rules", 0, "transforms"), "- {param", ["deinterleave_qkv needs"]),
+    ("unshard under mqa", ("  rules: []", "  rules:\n    - {param: \"transformer.h.{i}.attn.c_attn.weight\", from: \"transformer.h.{i}.attn.c_attn.weight\", transforms: [unshard_qvk]}"),
+     ("weights", "rules", 0, "transforms"), "- {param", ["unshard_qvk needs", "mha with fused qkv"]),
     ("unused module for this layout", ("  qkv_proj: c_attn\n", "  qkv_proj: c_attn\n  q_proj: q\n"),
      ("modules", "q_proj"), "q_proj: q", ["not used by this architecture"]),
     ("activation default outside its values", ("    default: gelu_pytorch_tanh", "    default: swish"),

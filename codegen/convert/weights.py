@@ -40,6 +40,8 @@ def apply_transforms(array: np.ndarray, transforms: tuple[str, ...], config: Any
             array = array.T
         elif transform == "deinterleave_qkv":
             array = _deinterleave_qkv(array, config)
+        elif transform == "unshard_qvk":
+            array = _unshard_qvk(array)
         else:
             raise AssertionError(f"unknown weight transform {transform!r}")  # the schema allows no other
     return array
@@ -58,6 +60,23 @@ def _deinterleave_qkv(array: np.ndarray, config: Any) -> np.ndarray:
             grouped[:, group + 1].reshape(kv_heads * head_dim, *rest),
         ]
     )
+
+
+# CodeGen was trained on 4 model-parallel shards; transformers hard-codes the same count (mp_num).
+_CODEGEN_SHARDS = 4
+
+
+def _unshard_qvk(array: np.ndarray) -> np.ndarray:
+    """Rows stored in CodeGen's 4 shards, each [its share of q | v | k] -> all q, all k, all v.
+
+    Shard s holds query heads s * heads / 4 onwards, so concatenating the shards' q parts in order
+    gives the q rows head by head (and likewise k and v)."""
+    rows, rest = array.shape[0], array.shape[1:]
+    if rows % (3 * _CODEGEN_SHARDS):
+        raise CheckpointError(f"a fused q/v/k tensor of {rows} rows does not split into {_CODEGEN_SHARDS} shards of 3 equal parts")
+    sharded = array.reshape(_CODEGEN_SHARDS, 3, rows // (3 * _CODEGEN_SHARDS), *rest)
+    q, v, k = (sharded[:, part].reshape(rows // 3, *rest) for part in range(3))
+    return np.concatenate([q, k, v])
 
 
 def parameter_specs(model: GeneratedModel, config: Any, scheme: Scheme) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -359,5 +359,7 @@ def _weight_rules(document: Located, architecture, parameters) -> dict[str, Weig
         transforms = tuple(rule.get("transforms", ()))
         if "deinterleave_qkv" in transforms and (architecture["attention"]["mode"] == "mqa" or architecture["attention"]["qkv"] != "fused"):
             raise document.error(key_path + ("transforms",), "deinterleave_qkv needs architecture.attention mode mha or gqa with fused qkv")
+        if "unshard_qvk" in transforms and (architecture["attention"]["mode"] != "mha" or architecture["attention"]["qkv"] != "fused"):
+            raise document.error(key_path + ("transforms",), "unshard_qvk needs architecture.attention mode mha with fused qkv")
         rules[param] = WeightRule(param=param, sources=sources, transforms=transforms)
     return rules

@@ -2,9 +2,9 @@
 # spec-sha256: f5a0c758a1f57f968acedd83f5ce51276445013a02532482489e30434a1dbe5e
 """Where each Falcon40B model parameter comes from in a Hugging Face checkpoint.
 
-A parameter is read from one HF tensor, or from several concatenated along axis 0, after the listed
-transforms are applied to each source: transpose (swap the axes of a matrix) and deinterleave_qkv
-(rows stored per KV head as [q heads, k, v] -> all q, all k, all v rows).
+A parameter is read from one HF tensor, or from several concatenated along axis 0, after its rule's
+transforms are applied to each source:
+- deinterleave_qkv: rows stored per KV head as [q heads, k, v] -> all q, all k, all v rows.
 """
 
 import dataclasses

@@ -2,9 +2,8 @@
 # spec-sha256: f53103bda32754d6aaac1546be497805ea1cacf2d89ccd263a19537fb5e5d6a3
 """Where each Gemma model parameter comes from in a Hugging Face checkpoint.
 
-A parameter is read from one HF tensor, or from several concatenated along axis 0, after the listed
-transforms are applied to each source: transpose (swap the axes of a matrix) and deinterleave_qkv
-(rows stored per KV head as [q heads, k, v] -> all q, all k, all v rows).
+A parameter is read from one HF tensor, or from several concatenated along axis 0, after its rule's
+transforms are applied to each source (this family's rules list none).
 """
 
 import dataclasses

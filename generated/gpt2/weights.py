@@ -2,9 +2,9 @@
 # spec-sha256: 5447d71536ec605c7d3057202735d4b3f7076e831f7b518503910847bf1c7f79
 """Where each GPT2 model parameter comes from in a Hugging Face checkpoint.
 
-A parameter is read from one HF tensor, or from several concatenated along axis 0, after the listed
-transforms are applied to each source: transpose (swap the axes of a matrix) and deinterleave_qkv
-(rows stored per KV head as [q heads, k, v] -> all q, all k, all v rows).
+A parameter is read from one HF tensor, or from several concatenated along axis 0, after its rule's
+transforms are applied to each source:
+- transpose: swap the axes of a matrix.
 """
 
 import dataclasses

@@ -2,9 +2,9 @@
 # spec-sha256: d936a64fd2987a9f00fb10c8306a7f31db67d9977c911618d27bbce51076b15d
 """Where each GPTBigCodeMHA model parameter comes from in a Hugging Face checkpoint.
 
-A parameter is read from one HF tensor, or from several concatenated along axis 0, after the listed
-transforms are applied to each source: transpose (swap the axes of a matrix) and deinterleave_qkv
-(rows stored per KV head as [q heads, k, v] -> all q, all k, all v rows).
+A parameter is read from one HF tensor, or from several concatenated along axis 0, after its rule's
+transforms are applied to each source:
+- deinterleave_qkv: rows stored per KV head as [q heads, k, v] -> all q, all k, all v rows.
 """
 
 import dataclasses

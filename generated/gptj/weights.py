@@ -2,9 +2,8 @@
 # spec-sha256: 9b0be1e5a9621b6f7ed8fc62ab20534d3b92e0777d79ee2da03c53188772378b
 """Where each GPTJ model parameter comes from in a Hugging Face checkpoint.
 
-A parameter is read from one HF tensor, or from several concatenated along axis 0, after the listed
-transforms are applied to each source: transpose (swap the axes of a matrix) and deinterleave_qkv
-(rows stored per KV head as [q heads, k, v] -> all q, all k, all v rows).
+A parameter is read from one HF tensor, or from several concatenated along axis 0, after its rule's
+transforms are applied to each source (this family's rules list none).
 """
 
 import dataclasses

@@ -2,9 +2,8 @@
 # spec-sha256: b9a9e15aa213e5b712293d2e556f505eb50c2a4ff57b23bebacc7616757d022c
 """Where each Phi model parameter comes from in a Hugging Face checkpoint.
 
-A parameter is read from one HF tensor, or from several concatenated along axis 0, after the listed
-transforms are applied to each source: transpose (swap the axes of a matrix) and deinterleave_qkv
-(rows stored per KV head as [q heads, k, v] -> all q, all k, all v rows).
+A parameter is read from one HF tensor, or from several concatenated along axis 0, after its rule's
+transforms are applied to each source (this family's rules list none).
 """
 
 import dataclasses

@@ -2,9 +2,8 @@
 # spec-sha256: c68b270f675983c58db472c2497e444b16aca50ebab2d7bb07d64ffeb2aeea56
 """Where each Qwen3 model parameter comes from in a Hugging Face checkpoint.
 
-A parameter is read from one HF tensor, or from several concatenated along axis 0, after the listed
-transforms are applied to each source: transpose (swap the axes of a matrix) and deinterleave_qkv
-(rows stored per KV head as [q heads, k, v] -> all q, all k, all v rows).
+A parameter is read from one HF tensor, or from several concatenated along axis 0, after its rule's
+transforms are applied to each source (this family's rules list none).
 """
 
 import dataclasses

@@ -2,9 +2,9 @@
 # spec-sha256: d00c7529296fcf8659a657e9544c362680c2e5f7814cf38e6eda5f177e82ab8d
 """Where each SantaCoderLegacy model parameter comes from in a Hugging Face checkpoint.
 
-A parameter is read from one HF tensor, or from several concatenated along axis 0, after the listed
-transforms are applied to each source: transpose (swap the axes of a matrix) and deinterleave_qkv
-(rows stored per KV head as [q heads, k, v] -> all q, all k, all v rows).
+A parameter is read from one HF tensor, or from several concatenated along axis 0, after its rule's
+transforms are applied to each source:
+- transpose: swap the axes of a matrix.
 """
 
 import dataclasses

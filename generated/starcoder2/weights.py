@@ -2,9 +2,8 @@
 # spec-sha256: d2229f8d4f48137b29f8c5c765423b9f455ec414698599df1f7dddba2813a94a
 """Where each Starcoder2 model parameter comes from in a Hugging Face checkpoint.
 
-A parameter is read from one HF tensor, or from several concatenated along axis 0, after the listed
-transforms are applied to each source: transpose (swap the axes of a matrix) and deinterleave_qkv
-(rows stored per KV head as [q heads, k, v] -> all q, all k, all v rows).
+A parameter is read from one HF tensor, or from several concatenated along axis 0, after its rule's
+transforms are applied to each source (this family's rules list none).
 """
 
 import dataclasses
