@@ -73,6 +73,18 @@ def test_a_sliding_window_shorter_than_the_context_is_refused_with_the_fix():
     assert model.config(preset="mistral_7b_v0_1", context_window_size=4096).attention_window is None
 
 
+def test_yarn_rotation_cross_compiles_for_cuda():
+    """Under yarn the model rotates q and k in its own kernel, which needs a GPU schedule."""
+    model = load_model("qwen3")
+    config = model.package.Config.from_dict({
+        "model_type": "qwen3", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 1,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 64,
+        "vocab_size": 128, "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
+    })
+    executable, _ = build(model, config, BuildOptions(target="cuda", dtype="float16", cuda_arch="sm_90"))
+    assert set(MODEL_FUNCTIONS) <= set(vm_functions(executable))
+
+
 def test_wide_float16_model_compiles(tmp_path):
     """dlight's tensor-core path crashes the process on float16 matmuls wider than 64 unless
     codegen.build.pipeline turns it off; a subprocess turns a crash into a failure, not a dead run."""

@@ -110,9 +110,13 @@ MORE_FAMILIES = {
         config_class="Qwen3Config",
         model_class="Qwen3ForCausalLM",
         # head_dim 24 with hidden 64 / 4 heads: the width of q/k/v and of the per-head norms is its own.
+        # YaRN with original_max_position_embeddings 32: of the 12 frequency pairs, the truncated
+        # correction range [0, 4] blends pairs 0-3 and interpolates 4-11 (÷ factor), and the attention
+        # factor 0.1 ln 4 + 1 = 1.14 scales cos and sin.
         config=dict(
             hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=24, num_hidden_layers=2,
-            intermediate_size=96, max_position_embeddings=WINDOW, vocab_size=VOCAB, rope_theta=500.0,
+            intermediate_size=96, max_position_embeddings=WINDOW, vocab_size=VOCAB,
+            rope_parameters=dict(rope_type="yarn", rope_theta=500.0, factor=4.0, original_max_position_embeddings=32),
         ),
     ),
     "granite": Family(
@@ -211,6 +215,15 @@ def test_the_sliding_window_changes_what_transformers_computes():
     windowed = hf_logits(make_hf_model(family), sequence)
     unwindowed = hf_logits(make_hf_model(dataclasses.replace(family, config={**family.config, "sliding_window": None})), sequence)
     assert max_abs_diff(windowed, unwindowed) > 1.0
+
+
+def test_yarn_changes_what_transformers_computes():
+    """So that qwen3's parity (test_family_parity) checks YaRN: with plain RoPE HF's logits move."""
+    family = MORE_FAMILIES["qwen3"]
+    plain = {**family.config, "rope_parameters": {"rope_type": "default", "rope_theta": 500.0}}
+    sequence = tokens(0, 48)
+    yarn_logits = hf_logits(make_hf_model(family), sequence)
+    assert max_abs_diff(yarn_logits, hf_logits(make_hf_model(dataclasses.replace(family, config=plain)), sequence)) > 1.0
 
 
 def test_family_configs_read_transformers_configs(tmp_path):

@@ -1,5 +1,5 @@
 # Generated from specs/qwen3.yaml by `codegen generate`. DO NOT EDIT: change the spec or templates/ and regenerate.
-# spec-sha256: c68b270f675983c58db472c2497e444b16aca50ebab2d7bb07d64ffeb2aeea56
+# spec-sha256: f1b392c33ad610885eb731d6838a8cdfee8da98bd9605c02c37c3319255a0be1
 """Qwen3: grouped-query attention with per-head RMSNorm on q and k, rotary positions, RMSNorm, gated SiLU MLP.
 
 Relax model for TVM, following the MLC LLM model-library contract: embed, prefill, decode,
@@ -95,7 +95,7 @@ def _activation_name(hf_name: str, key: str, names: Mapping[str, str]) -> str:
 
 
 # RoPE scaling types this model computes (in the KV cache's rotary kernel); any other is refused.
-ROPE_SCALING_TYPES = ("linear", "llama3")
+ROPE_SCALING_TYPES = ("linear", "llama3", "yarn")
 
 
 def _rope_scaling(hf_config: Mapping[str, Any], key: str | tuple[str, ...]) -> dict[str, Any]:
@@ -122,7 +122,98 @@ def _rope_scaling(hf_config: Mapping[str, Any], key: str | tuple[str, ...]) -> d
         )
         if scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
             raise ConfigError(f"config.json {name}: high_freq_factor must exceed low_freq_factor")
+    if rope_type == "yarn":
+        # transformers' precedence: a top-level original_max_position_embeddings (Phi-3), the
+        # scaling's own, else the context.
+        scaling["original_max_position_embeddings"] = _read(
+            hf_config,
+            (
+                "original_max_position_embeddings",
+                f"{name}.original_max_position_embeddings",
+                "max_position_embeddings",
+            ),
+            int,
+        )
+        scaling["beta_fast"] = _read(hf_config, f"{name}.beta_fast", float, default=32.0)
+        scaling["beta_slow"] = _read(hf_config, f"{name}.beta_slow", float, default=1.0)
+        scaling["truncate"] = _read(hf_config, f"{name}.truncate", bool, default=True)
+        scaling["attention_factor"] = _yarn_attention_factor(hf_config, name, scaling["factor"])
     return scaling
+
+
+def _yarn_attention_factor(hf_config: Mapping[str, Any], name: str, factor: float) -> float:
+    """How much YaRN scales cos and sin: config.json's attention_factor, else transformers' default."""
+    given = _read(hf_config, f"{name}.attention_factor", float, default=None)
+    if given is not None:
+        return given
+
+    def mscale(weight: float) -> float:
+        return 1.0 if factor <= 1 else 0.1 * weight * math.log(factor) + 1.0
+
+    weight = _read(hf_config, f"{name}.mscale", float, default=None)
+    all_dim_weight = _read(hf_config, f"{name}.mscale_all_dim", float, default=None)
+    if weight and all_dim_weight:
+        return mscale(weight) / mscale(all_dim_weight)
+    return mscale(1.0)
+
+
+def _yarn_inverse_frequencies(
+    scaling: Mapping[str, Any], theta: float, rotary_dim: int
+) -> list[float]:
+    """Each rotated pair's inverse frequency under YaRN, as transformers computes it: the plain
+    theta ** (-2i / rotary_dim) below the correction range, that over factor above it, a linear
+    blend of the two inside it."""
+    factor, original = scaling["factor"], scaling["original_max_position_embeddings"]
+
+    def correction_dim(rotations: float) -> float:
+        return rotary_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = correction_dim(scaling["beta_fast"]), correction_dim(scaling["beta_slow"])
+    if scaling["truncate"]:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, rotary_dim - 1)
+    if low == high:
+        high += 0.001  # as transformers does, against a zero-width ramp
+    frequencies = []
+    for pair in range(rotary_dim // 2):
+        plain = 1.0 / theta ** (2 * pair / rotary_dim)
+        extrapolated = 1 - min(max((pair - low) / (high - low), 0.0), 1.0)
+        frequencies.append(plain * extrapolated + plain / factor * (1 - extrapolated))
+    return frequencies
+
+
+def _yarn_rotate(
+    qkv: Tensor,
+    positions: Tensor,
+    inverse_frequencies: Tensor,
+    rotated_heads: int,
+    rotary_dim: int,
+    attention_factor: float,
+) -> Tensor:
+    """RoPE with YaRN's frequencies and attention factor on the first rotated_heads heads (q and k)
+    of qkv [batch, seq, heads, head_dim], at the cache's query positions (one per token, in order).
+    """
+    half = rotary_dim // 2
+
+    def rotate(qkv: te.Tensor, positions: te.Tensor, inverse_frequencies: te.Tensor) -> te.Tensor:
+        seq_len = qkv.shape[1]
+
+        def value(b, s, h, d):
+            angle = positions[b * seq_len + s].astype("float32") * inverse_frequencies[d % half]
+            partner = tirx.if_then_else(d < half, -qkv[b, s, h, d + half], qkv[b, s, h, d - half])
+            rotated = (
+                qkv[b, s, h, d].astype("float32") * tirx.cos(angle)
+                + partner.astype("float32") * tirx.sin(angle)
+            ) * attention_factor
+            return tirx.if_then_else(
+                tirx.all(h < rotated_heads, d < rotary_dim),
+                rotated.astype(qkv.dtype),
+                qkv[b, s, h, d],
+            )
+
+        return te.compute(qkv.shape, value, name="yarn_rotate")
+
+    return op.tensor_expr_op(rotate, "yarn_rotate", [qkv, positions, inverse_frequencies])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -456,6 +547,11 @@ class Qwen3Attention(nn.Module):
         self.o_proj = _linear(config, q_size, config.hidden_size, bias=False)
         self.q_norm = Qwen3Norm(config, config.head_dim)
         self.k_norm = Qwen3Norm(config, config.head_dim)
+        self.rope_scaling, self.rope_theta, self.rotary_dim = (
+            config.rope_scaling,
+            config.rope_theta,
+            config.rotary_dim,
+        )
 
     def forward(self, hidden_states: Tensor, paged_kv_cache: PagedKVCache, layer_id: int) -> Tensor:
         batch_size, seq_len, _ = hidden_states.shape
@@ -473,6 +569,20 @@ class Qwen3Attention(nn.Module):
         # Each query and key head is normalized over head_dim before the cache applies RoPE.
         q, k, v = op.split(qkv, [self.num_heads, self.num_heads + self.num_kv_heads], axis=2)
         qkv = op.concat([self.q_norm(q), self.k_norm(k), v], dim=2)
+        if self.rope_scaling.get("rope_type") == "yarn":
+            # TVM 0.27's cache computes another YaRN than transformers', so the model rotates q and k
+            # itself and the cache applies none (create_paged_kv_cache).
+            frequencies = _yarn_inverse_frequencies(
+                self.rope_scaling, self.rope_theta, self.rotary_dim
+            )
+            qkv = _yarn_rotate(
+                qkv,
+                paged_kv_cache.get_query_positions(batch_size * seq_len),
+                Tensor(_expr=relax.const(frequencies, "float32")),
+                self.num_heads + self.num_kv_heads,
+                self.rotary_dim,
+                self.rope_scaling["attention_factor"],
+            )
         output = paged_kv_cache.attention_with_fused_qkv(
             layer_id, qkv, self.num_heads, sm_scale=self.sm_scale
         )
@@ -608,7 +718,9 @@ class Qwen3ForCausalLM(nn.Module):
             v_head_dim=config.head_dim,
             mla_original_qk_head_dim=0,
             mla_original_v_head_dim=0,
-            rope_mode=RopeMode.NORMAL,
+            rope_mode=(
+                RopeMode.NONE if config.rope_scaling.get("rope_type") == "yarn" else RopeMode.NORMAL
+            ),
             rope_scale=rope_scale,
             rope_theta=config.rope_theta,
             rope_scaling=rope_scaling,

@@ -1,5 +1,5 @@
 # Generated from specs/qwen3.yaml by `codegen generate`. DO NOT EDIT: change the spec or templates/ and regenerate.
-# spec-sha256: c68b270f675983c58db472c2497e444b16aca50ebab2d7bb07d64ffeb2aeea56
+# spec-sha256: f1b392c33ad610885eb731d6838a8cdfee8da98bd9605c02c37c3319255a0be1
 """Where each Qwen3 model parameter comes from in a Hugging Face checkpoint.
 
 A parameter is read from one HF tensor, or from several concatenated along axis 0, after its rule's
