@@ -119,6 +119,16 @@ MORE_FAMILIES = {
             rope_parameters=dict(rope_type="yarn", rope_theta=500.0, factor=4.0, original_max_position_embeddings=32),
         ),
     ),
+    "qwen2": Family(
+        spec="specs/qwen2.yaml",
+        config_class="Qwen2Config",
+        model_class="Qwen2ForCausalLM",
+        # Biased q, k and v (random biases: save_pretrained keeps what random_hf_model drew).
+        config=dict(
+            hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+            intermediate_size=96, max_position_embeddings=WINDOW, vocab_size=VOCAB, rope_theta=500.0,
+        ),
+    ),
     "granite": Family(
         spec="specs/granite.yaml",
         config_class="GraniteConfig",

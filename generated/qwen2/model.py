@@ -1,0 +1,773 @@
+# Generated from specs/qwen2.yaml by `codegen generate`. DO NOT EDIT: change the spec or templates/ and regenerate.
+# spec-sha256: 999bdf85a7e5ae72adbb643f8f15676018c78483ae56fe380389e151faf4c568
+"""Qwen2: grouped-query attention with biased q/k/v projections, rotary positions, RMSNorm, gated SiLU MLP.
+
+Relax model for TVM, following the MLC LLM model-library contract: embed, prefill, decode,
+batch_prefill, batch_decode, batch_verify and create_paged_kv_cache (TIRPagedKVCache).
+"""
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+from tvm import relax, te, tirx
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import Tensor, op
+from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
+from tvm.target import Target
+
+ARCHITECTURE = "qwen2"
+HF_MODEL_TYPE = "qwen2"
+DEFAULT_PREFILL_CHUNK_SIZE = 2048
+# Hugging Face activation name -> the activation the model computes.
+HF_ACTIVATIONS = {
+    "silu": "silu",
+    "gelu": "gelu",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu",
+}
+
+
+class ConfigError(ValueError):
+    """A config.json does not describe a model this module can build."""
+
+
+_MISSING = object()
+
+
+def _lookup(hf_config: Mapping[str, Any], key: str | tuple[str, ...]) -> tuple[str, Any]:
+    """(name, value) of the first of key's names that config.json sets, not null; a.b reads a nested field."""
+    names = (key,) if isinstance(key, str) else key
+    for name in names:
+        value: Any = hf_config
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if value is not None:
+            return name, value
+    return " or ".join(names), None
+
+
+def _read(
+    hf_config: Mapping[str, Any], key: str | tuple[str, ...], kind: type, default: Any = _MISSING
+) -> Any:
+    name, value = _lookup(hf_config, key)
+    if value is None:
+        if default is _MISSING:
+            raise ConfigError(f"config.json lacks the required field {name!r}")
+        return default
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"config.json field {name!r} must be {kind.__name__}, got {value!r}")
+    # Every integer field is a size or a count; the bound keeps TVM's int32 shapes valid.
+    if kind is int and not 0 < value < 2**31:
+        raise ConfigError(
+            f"config.json field {name!r} must be a positive integer below 2**31, got {value!r}"
+        )
+    # Every float field is an epsilon, a base or a fraction: zero or less is never meant.
+    if kind is float and not (math.isfinite(value) and value > 0):
+        raise ConfigError(
+            f"config.json field {name!r} must be a positive finite number, got {value!r}"
+        )
+    return value
+
+
+def _expect(
+    hf_config: Mapping[str, Any], key: str | tuple[str, ...], expected: Any, default: Any
+) -> None:
+    name, value = _lookup(hf_config, key)
+    if value is None:
+        value = default
+    if value != expected:
+        raise ConfigError(
+            f"config.json has {name}={value!r}, but spec {ARCHITECTURE!r} is for {name}={expected!r}"
+        )
+
+
+def _activation_name(hf_name: str, key: str, names: Mapping[str, str]) -> str:
+    if hf_name not in names:
+        raise ConfigError(
+            f"config.json {key}={hf_name!r} is not supported; supported: {', '.join(names)}"
+        )
+    return names[hf_name]
+
+
+# RoPE scaling types this model computes (in the KV cache's rotary kernel); any other is refused.
+ROPE_SCALING_TYPES = ("linear", "llama3", "yarn")
+
+
+def _rope_scaling(hf_config: Mapping[str, Any], key: str | tuple[str, ...]) -> dict[str, Any]:
+    """The RoPE scaling config.json asks for, {} for plain RoPE; an unsupported type is an error."""
+    name, value = _lookup(hf_config, key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"config.json field {name!r} must be an object, got {value!r}")
+    rope_type = value.get("rope_type", value.get("type", "default"))
+    if rope_type == "default":
+        return {}
+    if rope_type not in ROPE_SCALING_TYPES:
+        raise ConfigError(
+            f"config.json {name} has rope_type {rope_type!r}, which this model does not compute"
+            f" (it would give wrong logits, so it is refused); supported: default, {', '.join(ROPE_SCALING_TYPES)}"
+        )
+    scaling = {"rope_type": rope_type, "factor": _read(hf_config, f"{name}.factor", float)}
+    if rope_type == "llama3":
+        for part in ("low_freq_factor", "high_freq_factor"):
+            scaling[part] = _read(hf_config, f"{name}.{part}", float)
+        scaling["original_max_position_embeddings"] = _read(
+            hf_config, f"{name}.original_max_position_embeddings", int
+        )
+        if scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
+            raise ConfigError(f"config.json {name}: high_freq_factor must exceed low_freq_factor")
+    if rope_type == "yarn":
+        # transformers' precedence: a top-level original_max_position_embeddings (Phi-3), the
+        # scaling's own, else the context.
+        scaling["original_max_position_embeddings"] = _read(
+            hf_config,
+            (
+                "original_max_position_embeddings",
+                f"{name}.original_max_position_embeddings",
+                "max_position_embeddings",
+            ),
+            int,
+        )
+        scaling["beta_fast"] = _read(hf_config, f"{name}.beta_fast", float, default=32.0)
+        scaling["beta_slow"] = _read(hf_config, f"{name}.beta_slow", float, default=1.0)
+        scaling["truncate"] = _read(hf_config, f"{name}.truncate", bool, default=True)
+        scaling["attention_factor"] = _yarn_attention_factor(hf_config, name, scaling["factor"])
+    return scaling
+
+
+def _yarn_attention_factor(hf_config: Mapping[str, Any], name: str, factor: float) -> float:
+    """How much YaRN scales cos and sin: config.json's attention_factor, else transformers' default."""
+    given = _read(hf_config, f"{name}.attention_factor", float, default=None)
+    if given is not None:
+        return given
+
+    def mscale(weight: float) -> float:
+        return 1.0 if factor <= 1 else 0.1 * weight * math.log(factor) + 1.0
+
+    weight = _read(hf_config, f"{name}.mscale", float, default=None)
+    all_dim_weight = _read(hf_config, f"{name}.mscale_all_dim", float, default=None)
+    if weight and all_dim_weight:
+        return mscale(weight) / mscale(all_dim_weight)
+    return mscale(1.0)
+
+
+def _yarn_inverse_frequencies(
+    scaling: Mapping[str, Any], theta: float, rotary_dim: int
+) -> list[float]:
+    """Each rotated pair's inverse frequency under YaRN, as transformers computes it: the plain
+    theta ** (-2i / rotary_dim) below the correction range, that over factor above it, a linear
+    blend of the two inside it."""
+    factor, original = scaling["factor"], scaling["original_max_position_embeddings"]
+
+    def correction_dim(rotations: float) -> float:
+        return rotary_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = correction_dim(scaling["beta_fast"]), correction_dim(scaling["beta_slow"])
+    if scaling["truncate"]:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, rotary_dim - 1)
+    if low == high:
+        high += 0.001  # as transformers does, against a zero-width ramp
+    frequencies = []
+    for pair in range(rotary_dim // 2):
+        plain = 1.0 / theta ** (2 * pair / rotary_dim)
+        extrapolated = 1 - min(max((pair - low) / (high - low), 0.0), 1.0)
+        frequencies.append(plain * extrapolated + plain / factor * (1 - extrapolated))
+    return frequencies
+
+
+def _yarn_rotate(
+    qkv: Tensor,
+    positions: Tensor,
+    inverse_frequencies: Tensor,
+    rotated_heads: int,
+    rotary_dim: int,
+    attention_factor: float,
+) -> Tensor:
+    """RoPE with YaRN's frequencies and attention factor on the first rotated_heads heads (q and k)
+    of qkv [batch, seq, heads, head_dim], at the cache's query positions (one per token, in order).
+    """
+    half = rotary_dim // 2
+
+    def rotate(qkv: te.Tensor, positions: te.Tensor, inverse_frequencies: te.Tensor) -> te.Tensor:
+        seq_len = qkv.shape[1]
+
+        def value(b, s, h, d):
+            angle = positions[b * seq_len + s].astype("float32") * inverse_frequencies[d % half]
+            partner = tirx.if_then_else(d < half, -qkv[b, s, h, d + half], qkv[b, s, h, d - half])
+            rotated = (
+                qkv[b, s, h, d].astype("float32") * tirx.cos(angle)
+                + partner.astype("float32") * tirx.sin(angle)
+            ) * attention_factor
+            return tirx.if_then_else(
+                tirx.all(h < rotated_heads, d < rotary_dim),
+                rotated.astype(qkv.dtype),
+                qkv[b, s, h, d],
+            )
+
+        return te.compute(qkv.shape, value, name="yarn_rotate")
+
+    return op.tensor_expr_op(rotate, "yarn_rotate", [qkv, positions, inverse_frequencies])
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupQuantization:
+    """Weight-only group quantization of the weight matrices (a scheme of specs/quantization/).
+
+    Each run of ``group_size`` weights along the input dimension K shares one scale; a weight w is
+    stored as the unsigned code round(w / scale) + max_code, ``bits`` wide, packed along K into
+    uint32 words (code j of a word at bits [j * bits, (j + 1) * bits)), and read back as
+    (code - max_code) * scale.
+    """
+
+    name: str
+    bits: int
+    group_size: int
+    scale_dtype: str
+    quantize_embedding: bool
+    quantize_lm_head: bool
+
+    @property
+    def codes_per_word(self) -> int:
+        return 32 // self.bits
+
+    @property
+    def max_code(self) -> int:
+        return 2 ** (self.bits - 1) - 1
+
+    def packed_shapes(self, rows: int, k: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Shapes of (q_weight, q_scale) for a [rows, k] weight."""
+        if k % self.group_size or k % self.codes_per_word:
+            raise ConfigError(
+                f"{self.name}: a weight with {k} inputs cannot be quantized in groups of {self.group_size}"
+            )
+        return (rows, k // self.codes_per_word), (rows, k // self.group_size)
+
+
+def _dequantize(
+    q_weight: te.Tensor,
+    q_scale: te.Tensor,
+    quantization: GroupQuantization,
+    k: int,
+    dtype: str,
+    rows=None,
+) -> te.Tensor:
+    """The [rows, k] weight in ``dtype``; ``rows`` (token ids) picks rows of the table, else all of them."""
+    per_word, bits = quantization.codes_per_word, quantization.bits
+    mask = tirx.const((1 << bits) - 1, "uint32")
+
+    def weight(row, col):
+        stored = rows[row] if rows is not None else row
+        shift = ((col % per_word) * bits).astype("uint32")
+        code = (q_weight[stored, col // per_word] >> shift) & mask
+        scale = q_scale[stored, col // quantization.group_size].astype(dtype)
+        return (code.astype(dtype) - tirx.const(quantization.max_code, dtype)) * scale
+
+    count = rows.shape[0] if rows is not None else q_weight.shape[0]
+    return te.compute((count, k), weight, name="dequantize")
+
+
+def _dequantize_matmul(
+    x: te.Tensor, q_weight: te.Tensor, q_scale: te.Tensor, quantization: GroupQuantization
+) -> te.Tensor:
+    """x @ dequantize(q_weight, q_scale)^T in one kernel: the weight is unpacked where it is read."""
+    *batch, k = x.shape
+    weight = _dequantize(q_weight, q_scale, quantization, int(k), x.dtype)
+    reduce = te.reduce_axis((0, k), name="k")
+    return te.compute(
+        (*batch, q_weight.shape[0]),
+        lambda *index: te.sum(x[(*index[:-1], reduce)] * weight[index[-1], reduce], axis=reduce),
+        name="matmul",
+    )
+
+
+def _quantized_matmul(
+    x: Tensor, q_weight: nn.Parameter, q_scale: nn.Parameter, quantization: GroupQuantization
+) -> Tensor:
+    def matmul(x: te.Tensor, q_weight: te.Tensor, q_scale: te.Tensor) -> te.Tensor:
+        return _dequantize_matmul(x, q_weight, q_scale, quantization)
+
+    return op.tensor_expr_op(matmul, "dequantize_matmul", [x, q_weight, q_scale])
+
+
+class QuantizedLinear(nn.Module):
+    """nn.Linear with a group-quantized weight: y = x @ dequantize(q_weight, q_scale)^T + bias."""
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool, quantization: GroupQuantization
+    ):
+        super().__init__()
+        self.quantization = quantization
+        weight_shape, scale_shape = quantization.packed_shapes(out_features, in_features)
+        self.q_weight = nn.Parameter(weight_shape, "uint32")
+        self.q_scale = nn.Parameter(scale_shape, quantization.scale_dtype)
+        self.bias = nn.Parameter((out_features,)) if bias else None
+
+    def to(self, dtype: str | None = None) -> None:
+        # Codes and scales keep their stored types; only the bias follows the model's dtype.
+        if self.bias is not None:
+            self.bias.to(dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = _quantized_matmul(x, self.q_weight, self.q_scale, self.quantization)
+        return y + self.bias if self.bias is not None else y
+
+
+class QuantizedEmbedding(nn.Module):
+    """nn.Embedding with a group-quantized table; as a tied LM head it multiplies by the same codes."""
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        quantization: GroupQuantization,
+        dtype: str = "float32",
+    ):
+        super().__init__()
+        self.quantization = quantization
+        self.embedding_dim = embedding_dim
+        self.dtype = dtype
+        weight_shape, scale_shape = quantization.packed_shapes(num_embeddings, embedding_dim)
+        self.q_weight = nn.Parameter(weight_shape, "uint32")
+        self.q_scale = nn.Parameter(scale_shape, quantization.scale_dtype)
+
+    def to(self, dtype: str | None = None) -> None:
+        if dtype is not None:
+            self.dtype = dtype
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        def lookup(ids: te.Tensor, q_weight: te.Tensor, q_scale: te.Tensor) -> te.Tensor:
+            return _dequantize(
+                q_weight, q_scale, self.quantization, self.embedding_dim, self.dtype, rows=ids
+            )
+
+        return op.tensor_expr_op(
+            lookup, "dequantize_take", [input_ids, self.q_weight, self.q_scale]
+        )
+
+    def lm_head(self, x: Tensor) -> Tensor:
+        return _quantized_matmul(x, self.q_weight, self.q_scale, self.quantization)
+
+
+def _linear(
+    config: "Qwen2Config", in_features: int, out_features: int, bias: bool, lm_head: bool = False
+) -> nn.Module:
+    quantization = config.quantization
+    if quantization is None or (lm_head and not quantization.quantize_lm_head):
+        return nn.Linear(in_features, out_features, bias=bias)
+    return QuantizedLinear(in_features, out_features, bias, quantization)
+
+
+def _embedding(config: "Qwen2Config", num_embeddings: int, embedding_dim: int) -> nn.Module:
+    quantization = config.quantization
+    if quantization is None or not quantization.quantize_embedding:
+        return nn.Embedding(num_embeddings, embedding_dim)
+    return QuantizedEmbedding(num_embeddings, embedding_dim, quantization)
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen2Config:
+    """Model dimensions and options, read from a Hugging Face config.json."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    context_window_size: int
+    norm_eps: float
+    rope_theta: float
+    rotary_fraction: float
+    rope_scaling: dict
+    tie_word_embeddings: bool
+    scale_attention: bool
+    activation: str
+    prefill_chunk_size: int = DEFAULT_PREFILL_CHUNK_SIZE
+    # None: weights in the model's dtype; set at compile time from a quantization scheme.
+    quantization: GroupQuantization | None = None
+
+    @classmethod
+    def from_dict(cls, hf_config: Mapping[str, Any], **overrides: Any) -> "Qwen2Config":
+        """Build from a config.json dict; ``overrides`` (e.g. context_window_size) replace fields after."""
+        model_type = hf_config.get("model_type", HF_MODEL_TYPE)
+        if model_type != HF_MODEL_TYPE:
+            raise ConfigError(f"config.json model_type {model_type!r} is not {HF_MODEL_TYPE!r}")
+        _expect(hf_config, "use_sliding_window", False, default=False)
+        vocab_size = _read(hf_config, "vocab_size", int)
+        hidden_size = _read(hf_config, "hidden_size", int)
+        intermediate_size = _read(hf_config, "intermediate_size", int)
+        num_hidden_layers = _read(hf_config, "num_hidden_layers", int)
+        num_attention_heads = _read(hf_config, "num_attention_heads", int)
+        num_key_value_heads = _read(hf_config, "num_key_value_heads", int, default=None)
+        if num_key_value_heads is None:
+            num_key_value_heads = num_attention_heads
+        head_dim = _read(hf_config, "head_dim", int, default=None)
+        if head_dim is None:
+            head_dim = hidden_size // num_attention_heads
+        context_window_size = _read(hf_config, "max_position_embeddings", int)
+        norm_eps = _read(hf_config, "rms_norm_eps", float, default=1e-06)
+        rope_theta = _read(
+            hf_config, ("rope_theta", "rope_parameters.rope_theta"), float, default=10000.0
+        )
+        rotary_fraction = 1.0
+        rope_scaling = _rope_scaling(hf_config, ("rope_scaling", "rope_parameters"))
+        tie_word_embeddings = _read(hf_config, "tie_word_embeddings", bool, default=False)
+        scale_attention = True
+        activation = _activation_name(
+            _read(hf_config, "hidden_act", str, "silu"),
+            "hidden_act",
+            HF_ACTIVATIONS,
+        )
+        config = cls(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_hidden_layers=num_hidden_layers,
+            num_attention_heads=num_attention_heads,
+            num_key_value_heads=num_key_value_heads,
+            head_dim=head_dim,
+            context_window_size=context_window_size,
+            norm_eps=norm_eps,
+            rope_theta=rope_theta,
+            rotary_fraction=rotary_fraction,
+            rope_scaling=rope_scaling,
+            tie_word_embeddings=tie_word_embeddings,
+            scale_attention=scale_attention,
+            activation=activation,
+            prefill_chunk_size=min(DEFAULT_PREFILL_CHUNK_SIZE, context_window_size),
+        )
+        return dataclasses.replace(config, **overrides) if overrides else config
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> "Qwen2Config":
+        return cls.from_dict(json.loads(Path(path).read_text()), **overrides)
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type is int and (
+                not isinstance(value, int) or isinstance(value, bool) or value <= 0
+            ):
+                raise ConfigError(f"{field.name} must be a positive integer, got {value!r}")
+            if field.type is float and (
+                not isinstance(value, float) or not math.isfinite(value) or value <= 0
+            ):
+                raise ConfigError(f"{field.name} must be a positive finite number, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"num_attention_heads ({self.num_attention_heads}) must divide hidden_size ({self.hidden_size})"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f"num_key_value_heads ({self.num_key_value_heads}) must divide"
+                f" num_attention_heads ({self.num_attention_heads})"
+            )
+        if not 0 < self.rotary_fraction <= 1 or self.rotary_dim % 2:
+            raise ConfigError(
+                f"rotary_fraction {self.rotary_fraction} must give an even rotary dim in (0, head_dim]"
+            )
+        if self.prefill_chunk_size > self.context_window_size:
+            raise ConfigError("prefill_chunk_size must not exceed context_window_size")
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.rotary_fraction)
+
+    @property
+    def attention_window(self) -> int | None:
+        """Keys a query attends to, itself included, where that is fewer than the context; else None."""
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Qwen2Norm(nn.Module):
+    """RMSNorm, computed in float32 for 16-bit models (TVM's kernel has no bfloat16 form)."""
+
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.hidden_size = config.hidden_size
+        self.eps = config.norm_eps
+        self.weight = nn.Parameter((config.hidden_size,))
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        if dtype != "float32":
+            x = x.astype("float32")
+        weight = self.weight if self.weight.dtype == "float32" else self.weight.astype("float32")
+        out = op.rms_norm(x, weight=weight, axes=-1, epsilon=self.eps)
+        return out if dtype == "float32" else out.astype(dtype)
+
+
+def _activate(x: Tensor, activation: str) -> Tensor:
+    if activation == "gelu":
+        return op.gelu(x)
+    if activation == "gelu_tanh":
+        return op.gelu(x, approximate="tanh")
+    if activation == "relu":
+        return op.relu(x)
+    if activation == "silu":
+        return op.silu(x)
+    raise ConfigError(f"unknown activation {activation!r}")
+
+
+class Qwen2MLP(nn.Module):
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.gate_proj = _linear(config, config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = _linear(config, config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = _linear(config, config.intermediate_size, config.hidden_size, bias=False)
+        self.activation = config.activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = _activate(self.gate_proj(x), self.activation) * self.up_proj(x)
+        return self.down_proj(hidden)
+
+
+class Qwen2Attention(nn.Module):
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.sm_scale = 1.0 / math.sqrt(self.head_dim) if config.scale_attention else 1.0
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.q_proj = _linear(config, config.hidden_size, q_size, bias=True)
+        self.k_proj = _linear(config, config.hidden_size, kv_size, bias=True)
+        self.v_proj = _linear(config, config.hidden_size, kv_size, bias=True)
+        self.o_proj = _linear(config, q_size, config.hidden_size, bias=False)
+        self.rope_scaling, self.rope_theta, self.rotary_dim = (
+            config.rope_scaling,
+            config.rope_theta,
+            config.rotary_dim,
+        )
+
+    def forward(self, hidden_states: Tensor, paged_kv_cache: PagedKVCache, layer_id: int) -> Tensor:
+        batch_size, seq_len, _ = hidden_states.shape
+        qkv = op.concat(
+            [
+                self.q_proj(hidden_states),
+                self.k_proj(hidden_states),
+                self.v_proj(hidden_states),
+            ],
+            dim=-1,
+        )
+        qkv = op.reshape(
+            qkv, (batch_size, seq_len, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
+        )
+        if self.rope_scaling.get("rope_type") == "yarn":
+            # TVM 0.27's cache computes another YaRN than transformers', so the model rotates q and k
+            # itself and the cache applies none (create_paged_kv_cache).
+            frequencies = _yarn_inverse_frequencies(
+                self.rope_scaling, self.rope_theta, self.rotary_dim
+            )
+            qkv = _yarn_rotate(
+                qkv,
+                paged_kv_cache.get_query_positions(batch_size * seq_len),
+                Tensor(_expr=relax.const(frequencies, "float32")),
+                self.num_heads + self.num_kv_heads,
+                self.rotary_dim,
+                self.rope_scaling["attention_factor"],
+            )
+        output = paged_kv_cache.attention_with_fused_qkv(
+            layer_id, qkv, self.num_heads, sm_scale=self.sm_scale
+        )
+        output = op.reshape(output, (batch_size, seq_len, self.num_heads * self.head_dim))
+        return self.o_proj(output)
+
+
+class Qwen2Block(nn.Module):
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.input_layernorm = Qwen2Norm(config)
+        self.self_attn = Qwen2Attention(config)
+        self.post_attention_layernorm = Qwen2Norm(config)
+        self.mlp = Qwen2MLP(config)
+
+    def forward(self, hidden_states: Tensor, paged_kv_cache: PagedKVCache, layer_id: int) -> Tensor:
+        attention = self.self_attn(self.input_layernorm(hidden_states), paged_kv_cache, layer_id)
+        hidden_states = hidden_states + attention
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+class Qwen2Model(nn.Module):
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.embed_tokens = _embedding(config, config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList([Qwen2Block(config) for _ in range(config.num_hidden_layers)])
+        self.norm = Qwen2Norm(config)
+
+    def forward(self, input_embeds: Tensor, paged_kv_cache: PagedKVCache) -> Tensor:
+        hidden_states = input_embeds
+        for layer_id, layer in enumerate(self.layers):
+            hidden_states = layer(hidden_states, paged_kv_cache, layer_id)
+        return self.norm(hidden_states)
+
+
+def _last_position(hidden_states: te.Tensor) -> te.Tensor:
+    batch_size, seq_len, hidden_size = hidden_states.shape
+    return te.compute(
+        (batch_size, 1, hidden_size),
+        lambda b, _, h: hidden_states[b, seq_len - 1, h],
+        name="last_position",
+    )
+
+
+class Qwen2ForCausalLM(nn.Module):
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.config = config
+        self.model = Qwen2Model(config)
+        if not config.tie_word_embeddings:
+            self.lm_head = _linear(
+                config, config.hidden_size, config.vocab_size, bias=False, lm_head=True
+            )
+        self.dtype = "float32"
+
+    def to(self, dtype: str | None = None) -> None:
+        super().to(dtype=dtype)
+        if dtype is not None:
+            self.dtype = dtype
+
+    def get_logits(self, hidden_states: Tensor) -> Tensor:
+        embedding = self.model.embed_tokens
+        if self.config.tie_word_embeddings and isinstance(embedding, QuantizedEmbedding):
+            logits = embedding.lm_head(hidden_states)
+        elif self.config.tie_word_embeddings:
+            logits = op.matmul(hidden_states, op.permute_dims(embedding.weight))
+        else:
+            logits = self.lm_head(hidden_states)
+        return logits if logits.dtype == "float32" else logits.astype("float32")
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        return self.model.embed_tokens(input_ids)
+
+    def prefill(
+        self, input_embed: Tensor, paged_kv_cache: PagedKVCache
+    ) -> tuple[Tensor, PagedKVCache]:
+        hidden_states = self.model(input_embed, paged_kv_cache)
+        hidden_states = op.tensor_expr_op(
+            _last_position, name_hint="last_position", args=[hidden_states]
+        )
+        return self.get_logits(hidden_states), paged_kv_cache
+
+    def decode(
+        self, input_embed: Tensor, paged_kv_cache: PagedKVCache
+    ) -> tuple[Tensor, PagedKVCache]:
+        return self.get_logits(self.model(input_embed, paged_kv_cache)), paged_kv_cache
+
+    def batch_prefill(
+        self, input_embeds: Tensor, logit_positions: Tensor, paged_kv_cache: PagedKVCache
+    ) -> tuple[Tensor, PagedKVCache]:
+        hidden_states = self.model(input_embeds, paged_kv_cache)
+        hidden_states = op.take(hidden_states, logit_positions, axis=1)
+        return self.get_logits(hidden_states), paged_kv_cache
+
+    def batch_decode(
+        self, input_embeds: Tensor, paged_kv_cache: PagedKVCache
+    ) -> tuple[Tensor, PagedKVCache]:
+        return self.get_logits(self.model(input_embeds, paged_kv_cache)), paged_kv_cache
+
+    def batch_verify(
+        self, input_embeds: Tensor, paged_kv_cache: PagedKVCache
+    ) -> tuple[Tensor, PagedKVCache]:
+        return self.get_logits(self.model(input_embeds, paged_kv_cache)), paged_kv_cache
+
+    def create_paged_kv_cache(
+        self,
+        max_batch_size: tirx.Var,
+        max_total_seq_len: tirx.Var,
+        prefill_chunk_size: tirx.Var,
+        page_size: tirx.Var,
+        support_sliding_window: tirx.Var,
+    ) -> PagedKVCache:
+        config = self.config
+        rope_scale, rope_scaling = 1, {}
+        if config.rope_scaling.get("rope_type") == "linear":
+            # The cache multiplies positions by rope_scale: HF divides them by factor.
+            rope_scale = 1 / config.rope_scaling["factor"]
+        if config.rope_scaling.get("rope_type") == "llama3":
+            # The cache's rotary kernel computes the llama3 frequencies itself.
+            rope_scaling = config.rope_scaling
+        return TIRPagedKVCache(
+            attn_kind="mha",
+            max_batch_size=max_batch_size,
+            max_total_seq_len=max_total_seq_len,
+            prefill_chunk_size=prefill_chunk_size,
+            page_size=page_size,
+            support_sliding_window=support_sliding_window,
+            layer_partition=relax.ShapeExpr([0, config.num_hidden_layers]),
+            num_hidden_layers=config.num_hidden_layers,
+            num_attention_heads=config.num_attention_heads,
+            num_key_value_heads=config.num_key_value_heads,
+            qk_head_dim=config.head_dim,
+            v_head_dim=config.head_dim,
+            mla_original_qk_head_dim=0,
+            mla_original_v_head_dim=0,
+            rope_mode=(
+                RopeMode.NONE if config.rope_scaling.get("rope_type") == "yarn" else RopeMode.NORMAL
+            ),
+            rope_scale=rope_scale,
+            rope_theta=config.rope_theta,
+            rope_scaling=rope_scaling,
+            rope_ext_factors=relax.prim_value(0),
+            rotary_dim=config.rotary_dim,
+            enable_disaggregation=False,
+            dtype=self.dtype,
+            # Export under `with target:`; the cache builds its kernels for that target.
+            target=Target.current(allow_none=False),
+        )
+
+    def get_default_spec(self) -> nn.spec.ModuleSpec:
+        hidden_size, dtype = self.config.hidden_size, self.dtype
+        cache = nn.spec.Object(object_type=PagedKVCache)
+        packed = {"param_mode": "packed", "effect_mode": "none"}
+        return nn.spec.ModuleSpec.from_raw(
+            {
+                "embed": {"input_ids": nn.spec.Tensor(["seq_len"], "int32"), "$": packed},
+                "prefill": {
+                    "input_embed": nn.spec.Tensor([1, "seq_len", hidden_size], dtype),
+                    "paged_kv_cache": cache,
+                    "$": packed,
+                },
+                "decode": {
+                    "input_embed": nn.spec.Tensor([1, 1, hidden_size], dtype),
+                    "paged_kv_cache": cache,
+                    "$": packed,
+                },
+                "batch_prefill": {
+                    "input_embeds": nn.spec.Tensor([1, "seq_len", hidden_size], dtype),
+                    "logit_positions": nn.spec.Tensor(["batch_size"], "int32"),
+                    "paged_kv_cache": cache,
+                    "$": packed,
+                },
+                "batch_decode": {
+                    "input_embeds": nn.spec.Tensor(["batch_size", 1, hidden_size], dtype),
+                    "paged_kv_cache": cache,
+                    "$": packed,
+                },
+                "batch_verify": {
+                    "input_embeds": nn.spec.Tensor([1, "seq_len", hidden_size], dtype),
+                    "paged_kv_cache": cache,
+                    "$": packed,
+                },
+                "create_paged_kv_cache": {
+                    "max_batch_size": int,
+                    "max_total_seq_len": int,
+                    "prefill_chunk_size": int,
+                    "page_size": int,
+                    "support_sliding_window": int,
+                    "$": {"param_mode": "none", "effect_mode": "none"},
+                },
+            },
+            self,
+        )
