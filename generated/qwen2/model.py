@@ -185,15 +185,15 @@ def _yarn_inverse_frequencies(
 def _yarn_rotate(
     qkv: Tensor,
     positions: Tensor,
-    inverse_frequencies: Tensor,
-    rotated_heads: int,
-    rotary_dim: int,
+    inverse_frequencies: list[float],
     attention_factor: float,
+    rotated_heads: int,
 ) -> Tensor:
     """RoPE with YaRN's frequencies and attention factor on the first rotated_heads heads (q and k)
-    of qkv [batch, seq, heads, head_dim], at the cache's query positions (one per token, in order).
-    """
-    half = rotary_dim // 2
+    of qkv [batch, seq, heads, head_dim], at the cache's query positions (one per token, in order);
+    one frequency per rotated pair."""
+    half = len(inverse_frequencies)
+    rotary_dim = 2 * half
 
     def rotate(qkv: te.Tensor, positions: te.Tensor, inverse_frequencies: te.Tensor) -> te.Tensor:
         seq_len = qkv.shape[1]
@@ -213,7 +213,8 @@ def _yarn_rotate(
 
         return te.compute(qkv.shape, value, name="yarn_rotate")
 
-    return op.tensor_expr_op(rotate, "yarn_rotate", [qkv, positions, inverse_frequencies])
+    frequencies = Tensor(_expr=relax.const(inverse_frequencies, "float32"))
+    return op.tensor_expr_op(rotate, "yarn_rotate", [qkv, positions, frequencies])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -545,11 +546,14 @@ class Qwen2Attention(nn.Module):
         self.k_proj = _linear(config, config.hidden_size, kv_size, bias=True)
         self.v_proj = _linear(config, config.hidden_size, kv_size, bias=True)
         self.o_proj = _linear(config, q_size, config.hidden_size, bias=False)
-        self.rope_scaling, self.rope_theta, self.rotary_dim = (
-            config.rope_scaling,
-            config.rope_theta,
-            config.rotary_dim,
-        )
+        # Set under yarn only: TVM 0.27's cache computes another YaRN than transformers', so the model
+        # rotates q and k itself and the cache applies none (create_paged_kv_cache).
+        self.yarn_frequencies, self.yarn_attention_factor = None, 1.0
+        if config.rope_scaling.get("rope_type") == "yarn":
+            self.yarn_frequencies = _yarn_inverse_frequencies(
+                config.rope_scaling, config.rope_theta, config.rotary_dim
+            )
+            self.yarn_attention_factor = config.rope_scaling["attention_factor"]
 
     def forward(self, hidden_states: Tensor, paged_kv_cache: PagedKVCache, layer_id: int) -> Tensor:
         batch_size, seq_len, _ = hidden_states.shape
@@ -564,19 +568,14 @@ class Qwen2Attention(nn.Module):
         qkv = op.reshape(
             qkv, (batch_size, seq_len, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
         )
-        if self.rope_scaling.get("rope_type") == "yarn":
-            # TVM 0.27's cache computes another YaRN than transformers', so the model rotates q and k
-            # itself and the cache applies none (create_paged_kv_cache).
-            frequencies = _yarn_inverse_frequencies(
-                self.rope_scaling, self.rope_theta, self.rotary_dim
-            )
+        if self.yarn_frequencies is not None:
+            positions = paged_kv_cache.get_query_positions(batch_size * seq_len)
             qkv = _yarn_rotate(
                 qkv,
-                paged_kv_cache.get_query_positions(batch_size * seq_len),
-                Tensor(_expr=relax.const(frequencies, "float32")),
+                positions,
+                self.yarn_frequencies,
+                self.yarn_attention_factor,
                 self.num_heads + self.num_kv_heads,
-                self.rotary_dim,
-                self.rope_scaling["attention_factor"],
             )
         output = paged_kv_cache.attention_with_fused_qkv(
             layer_id, qkv, self.num_heads, sm_scale=self.sm_scale
