@@ -3,8 +3,8 @@
 Opt-in (it downloads and builds llama.cpp): `make bench-llamacpp`. What it does:
 
 1. Builds llama.cpp from the llama-cpp-python sdist on the package registry (it vendors llama.cpp,
-   its convert_hf_to_gguf.py and gguf-py) with CMake, -DGGML_NATIVE=ON: llama-bench,
-   llama-quantize and llama-perplexity. The build goes to a staging folder that is moved into
+   its convert_hf_to_gguf.py and gguf-py) with CMake, -DGGML_NATIVE=ON but without AMX (see
+   NO_AMX_FLAGS): llama-bench, llama-quantize and llama-perplexity. The build goes to a staging folder that is moved into
    build/llamacpp/ only once complete, and is reused from there.
 2. Saves one random GPTBigCode of the preset's shape (bench/cpu_bench.py's checkpoint; default
    tiny_starcoder: 20 layers x 768, MQA, vocab 49152) with a small byte-level BPE tokenizer,
@@ -60,6 +60,12 @@ from cpu_bench import (  # noqa: E402
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 CACHE_DIR = REPO_ROOT / "build" / "llamacpp"
 BINARIES = ("llama-bench", "llama-quantize", "llama-perplexity")
+# ggml's AMX backend (chosen by -march=native on a Sapphire Rapids class Xeon) segfaults in
+# llama-bench on this project's q8_0 and q4_0 GGUFs (exit -11 at its repack, with or without
+# flash attention); its AVX-512 kernels, with llama.cpp's CPU repacking, are what runs. GCC's
+# explicit -mno-* flags win over -march=native whatever their order, and are no-ops elsewhere.
+NO_AMX_FLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+BUILD_VARIANT = "noamx"  # in the cache folder's name, so an older AMX build is not reused
 
 
 class LlamaCppError(CodegenError):
@@ -93,7 +99,7 @@ def ensure_llamacpp(cache_dir: Path, version: str, jobs: int) -> LlamaCpp:
 
     A build happens in a staging folder next to the cache and is renamed into place only when every
     binary exists, so an interrupted or failed build never leaves a folder that looks complete."""
-    build = LlamaCpp(cache_dir / f"llama-cpp-python-{version}")
+    build = LlamaCpp(cache_dir / f"llama-cpp-python-{version}-{BUILD_VARIANT}")
     if build.is_complete():
         print(f"llama.cpp: reusing {build.root}", flush=True)
         return build
@@ -123,6 +129,7 @@ def _build_into(build: LlamaCpp, cache_dir: Path, version: str, jobs: int) -> No
     configure = [
         "cmake", "-S", str(build.source), "-B", str(objects), *generator,
         "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF",
+        f"-DCMAKE_C_FLAGS={NO_AMX_FLAGS}", f"-DCMAKE_CXX_FLAGS={NO_AMX_FLAGS}",
         "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
         "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
     ]  # fmt: skip
