@@ -19,9 +19,10 @@ from tvm.target.codegen import llvm_cpu_has_features
 WEIGHT_TILE = 8
 SINGLE_ROW_WEIGHT_TILE = 16
 # Many rows (prefill): GEMM_MR rows x GEMM_VECTORS vectors of outputs as register accumulators;
-# weights packed k-major in blocks of PACK_BLOCK along k.
-GEMM_MR = 4
-GEMM_VECTORS = 1
+# weights packed k-major in blocks of PACK_BLOCK along k. Twelve independent accumulators cover
+# the FMA latency x throughput of two FMA ports; 4 x 1 left them idle (measured: bench/README.md).
+GEMM_MR = 6
+GEMM_VECTORS = 2
 PACK_BLOCK = 16
 # Decode (one activation row): each weight row a dot product with ROW_DOT_VECTORS vector
 # accumulators; fewer accumulators keep more bytes in flight per row (measured: bench/README.md).
@@ -33,7 +34,7 @@ MIN_LANES = 4
 # Scope of accumulator tiles. TVM makes a CPU buffer a stack alloca only when its scope is "global"
 # and it is under 1 KB; otherwise it comes from TVMBackendAllocWorkspace, a pointer LLVM must assume
 # aliases the operands, so every accumulator is stored back on every k step: half the GEMM speed
-# (GEMM_MR x GEMM_VECTORS vectors is 256 B). Memory-bound GEMV tiles are less sensitive.
+# (GEMM_MR x GEMM_VECTORS AVX-512 vectors is 768 B). Memory-bound GEMV tiles are less sensitive.
 ACCUMULATOR_SCOPE = "global"
 
 
