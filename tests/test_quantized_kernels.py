@@ -12,10 +12,10 @@ from tvm import relax, te, tirx
 from tvm.ir.instrument import pass_instrument
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
-from tvm.s_tir import dlight
 
 from codegen.build import pipeline
 from codegen.build.compile import BuildOptions
+from codegen.build.cpu import prefetch
 from codegen.build.cpu.rules import GEMM_MR, GEMM_VECTORS, MIN_LANES, TASK_ROWS, CPUShape
 from generated.gpt_bigcode.model import GroupQuantization, QuantizedLinear, _dequantize_matmul
 
@@ -48,7 +48,7 @@ def _build(func: tirx.PrimFunc):
     """(scheduled PrimFunc, its TIR just after loop vectorisation, runtime module)."""
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     with TARGET:
-        scheduled = dlight.ApplyDefaultSchedule(*pipeline.cpu_rules())(mod)
+        scheduled = pipeline.schedule_cpu_kernels()(mod)
     vectorised = []
 
     @pass_instrument
@@ -176,9 +176,23 @@ def _elements(buffer: tirx.Buffer) -> int:
 
 
 def _loads(func: tirx.PrimFunc, name: str) -> list[tirx.PrimExpr]:
-    """Index of every load from the (flattened) buffer named `name`."""
+    """Index of every load from the (flattened) buffer named `name`, prefetched addresses aside."""
+    prefetched = _prefetched(func, name)
     loads = [node for node in _walk(func.body) if isinstance(node, tvm.ir.TensorLoad)]
-    return [node.indices[-1] for node in loads if node.source.name.startswith(name)]
+    return [
+        node.indices[-1]
+        for node in loads
+        if node.source.name.startswith(name) and not any(node.same_as(p) for p in prefetched)
+    ]
+
+
+def _prefetched(func: tirx.PrimFunc, name: str) -> list[tvm.ir.TensorLoad]:
+    """The element of buffer `name` whose address each prefetch instruction names."""
+    calls = [
+        n for n in _walk(func.body) if isinstance(n, tvm.ir.Call) and n.op.name == "tirx.prefetch"
+    ]
+    addresses = [call.args[0].args[0] for call in calls]
+    return [load for load in addresses if load.source.name.startswith(name)]
 
 
 def _stores(func: tirx.PrimFunc, name: str) -> list[tirx.PrimExpr]:
@@ -205,6 +219,19 @@ def test_decode_unpacks_in_registers_from_contiguous_word_vectors(bits):
     word_loads = _loads(vectorised, "q_weight")
     assert word_loads and all(_is_contiguous_vector(index) for index in word_loads), word_loads
     assert tirx.ForKind.PARALLEL in _loop_kinds(vectorised)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_decode_prefetches_the_words_it_reads_rows_ahead(bits):
+    """Each step along a row prefetches the 64-byte line of codes it reads, ROWS_AHEAD rows on
+    (clamped to the last row), and nothing else: one line per step of `lanes` words."""
+    n, k = 100, 768
+    scheduled, _, _ = _build(_kernel(bits, n, k, 1))
+    [address] = _prefetched(scheduled, "q_weight")
+    row, word = address.indices
+    assert isinstance(row, tirx.Min) and int(row.b) == n - 1
+    assert f"+ T.int64({prefetch.ROWS_AHEAD})" in str(row.a)
+    assert len(_prefetched(scheduled, "")) == 1
 
 
 def test_prefill_unpacks_one_panel_at_a_time():

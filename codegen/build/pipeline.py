@@ -17,7 +17,7 @@ from tvm.relax.backend.cuda import pipeline as cuda_backend
 from tvm.s_tir import dlight
 from tvm.target import Target
 
-from codegen.build.cpu import fast_math
+from codegen.build.cpu import fast_math, prefetch
 from codegen.build.cpu.attention import replace_kv_cache_kernels
 from codegen.build.cpu.half_precision import float16_matmul_in_float32
 from codegen.build.cpu.rules import QuantizedWeightMatmul, SingleRowReduction, WeightMatmul
@@ -73,11 +73,20 @@ def _take_clipped(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     return bb.call_te(topi.take, call.args[0], call.args[1], call.attrs.axis, mode=mode)
 
 
-def schedule_passes(target: Target, attention_window: int | None = None) -> list[tvm.transform.Pass]:
+def schedule_passes(
+    target: Target, attention_window: int | None = None
+) -> list[tvm.transform.Pass]:
     if target.kind.name == "cuda":  # a window never gets here: compile.build refuses it for cuda
         return [_do_not_tensorize(), dlight.ApplyDefaultSchedule(*gpu_rules())]
     # The KV cache's attention kernels come scheduled (tirx.is_scheduled): dlight leaves them be.
-    return [replace_kv_cache_kernels(attention_window), dlight.ApplyDefaultSchedule(*cpu_rules())]
+    return [replace_kv_cache_kernels(attention_window), schedule_cpu_kernels()]
+
+
+def schedule_cpu_kernels() -> tvm.transform.Pass:
+    """The CPU rules on every unscheduled kernel, then the prefetches they asked for."""
+    return tvm.transform.Sequential(
+        [dlight.ApplyDefaultSchedule(*cpu_rules()), prefetch.insert_prefetches]
+    )
 
 
 def cpu_rules() -> list[dlight.ScheduleRule]:
@@ -87,7 +96,13 @@ def cpu_rules() -> list[dlight.ScheduleRule]:
 
 def gpu_rules() -> list[dlight.ScheduleRule]:
     """TVM's default CUDA rules."""
-    return [dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.Reduction(), dlight.gpu.GeneralReduction(), dlight.gpu.Fallback()]
+    return [
+        dlight.gpu.Matmul(),
+        dlight.gpu.GEMV(),
+        dlight.gpu.Reduction(),
+        dlight.gpu.GeneralReduction(),
+        dlight.gpu.Fallback(),
+    ]
 
 
 def _do_not_tensorize() -> tvm.transform.Pass:

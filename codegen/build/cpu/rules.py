@@ -14,6 +14,8 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 from tvm.target.codegen import llvm_cpu_has_features
 
+from codegen.build.cpu import prefetch
+
 # Weight rows computed together, each with one vector accumulator. More rows in flight help a
 # single-row GEMV hide memory latency; with many rows, 8 keeps the weight tile in L1 between rows.
 WEIGHT_TILE = 8
@@ -205,6 +207,7 @@ def _schedule_dots(sch, matmul, epilogue, cpu, m, n, k, width: int, tile_rows: i
     before the next (one contiguous stream).
     """
     side_by_side = tile_rows is not None
+    weight = sch.get(matmul).reads[_weight_read_index(sch, matmul)].source
     k_outer, k_inner = sch.split(k, [None, width])
     if side_by_side:
         task, tile, n_inner = sch.split(n, [None, TASK_ROWS // tile_rows, tile_rows])
@@ -217,7 +220,11 @@ def _schedule_dots(sch, matmul, epilogue, cpu, m, n, k, width: int, tile_rows: i
     partial = sch.rfactor(k_inner, factor_axis=output_rank)
     sch.set_scope(partial, 0, ACCUMULATOR_SCOPE)
     # Only row dots have more lanes than a vector (side-by-side tiles pass width = lanes).
-    vector_sums = None if side_by_side or width == cpu.lanes else _sum_vectors_first(sch, matmul, cpu.lanes, output_rank)
+    vector_sums = (
+        None
+        if side_by_side or width == cpu.lanes
+        else _sum_vectors_first(sch, matmul, cpu.lanes, output_rank)
+    )
     # rfactor moves the split loops to the write-back block; the partial sums get fresh ones.
     loops = sch.get_loops(partial)
     if side_by_side:
@@ -226,6 +233,7 @@ def _schedule_dots(sch, matmul, epilogue, cpu, m, n, k, width: int, tile_rows: i
     else:
         task, m, n_inner, k_outer, k_inner = loops
         vectors = _place_write_back(sch, matmul, vector_sums, epilogue, at=n_inner, row=m)
+        prefetch.mark(sch, k_outer, weight, width)
 
     # Loop kinds first: vectorize and parallel need the block before decompose_reduction splits it.
     sch.vectorize(k_inner)
@@ -273,7 +281,9 @@ def _schedule_gemm(sch, matmul, epilogue, cpu, m, n, k, lanes, n_extent, unpacki
     else:
         packed = unpacking.block
     sch.compute_at(packed, n_outer, preserve_unit_loops=True)
-    sch.transform_layout(packed, ("write", 0), lambda i, j: (j, i % nv), assume_injective_transform=True)
+    sch.transform_layout(
+        packed, ("write", 0), lambda i, j: (j, i % nv), assume_injective_transform=True
+    )
     if epilogue is None:
         epilogue = sch.cache_write(matmul, 0, ACCUMULATOR_SCOPE)
         sch.reverse_compute_at(epilogue, m_outer, preserve_unit_loops=True)
@@ -283,13 +293,17 @@ def _schedule_gemm(sch, matmul, epilogue, cpu, m, n, k, lanes, n_extent, unpacki
     sch.vectorize(sch.get_loops(epilogue)[-1])
     # Each tile's accumulators live only inside its iteration: map them onto one MR x NV tile (the
     # predicate on the last tile would otherwise stop TVM from shrinking the buffer).
-    sch.transform_layout(matmul, ("write", 0), lambda *i: (i[-2] % mr, i[-1] % nv), assume_injective_transform=True)
+    sch.transform_layout(
+        matmul, ("write", 0), lambda *i: (i[-2] % mr, i[-1] % nv), assume_injective_transform=True
+    )
     sch.vectorize(n_inner)
     sch.unroll(m_inner)
     pack_n, pack_k = sch.get_loops(packed)[-2:]
     if unpacking is None:
         # Pack in blocks of PACK_BLOCK along k: each weight row's cache line is read whole at once.
-        pack_k_outer, pack_k_inner = sch.split(pack_k, [None, _largest_power_of_two_dividing(_extent(sch, pack_k), PACK_BLOCK)])
+        pack_k_outer, pack_k_inner = sch.split(
+            pack_k, [None, _largest_power_of_two_dividing(_extent(sch, pack_k), PACK_BLOCK)]
+        )
         sch.reorder(pack_k_outer, pack_n, pack_k_inner)
     else:
         # One vector per k across the NV rows (its stores contiguous); the codes of a word unrolled,
@@ -348,6 +362,7 @@ class _Unpacking:
     uint32 word [n, k // codes_per_word], times a scale read from `scales`."""
 
     block: s_tir.SBlockRV
+    words: tirx.Buffer
     scales: tirx.Buffer
     codes_per_word: int
 
@@ -371,7 +386,7 @@ def _unpacking(sch: s_tir.Schedule, matmul) -> _Unpacking | None:
             return None
         if _static(words[0].shape[0]) != n_extent or _static(scales[0].shape[0]) != n_extent:
             return None
-        return _Unpacking(block, scales[0], k_extent // word_count)
+        return _Unpacking(block, words[0], scales[0], k_extent // word_count)
     return None
 
 
@@ -419,10 +434,14 @@ def _schedule_quantized(sch, matmul, epilogue, unpacking: _Unpacking, cpu: CPUSh
     weight = sch.get(matmul).reads[_weight_read_index(sch, matmul)].source
     activations = next(r.source for r in sch.get(matmul).reads if not r.source.same_as(weight))
     sch.compute_inline(unpacking.block)
-    return _schedule_unpacking_dots(sch, matmul, epilogue, cpu, m, n, k, unpacking, activations, lanes)
+    return _schedule_unpacking_dots(
+        sch, matmul, epilogue, cpu, m, n, k, unpacking, activations, lanes
+    )
 
 
-def _schedule_unpacking_dots(sch, matmul, epilogue, cpu, m, n, k, unpacking, activations, lanes: int):
+def _schedule_unpacking_dots(
+    sch, matmul, epilogue, cpu, m, n, k, unpacking, activations, lanes: int
+):
     """The row dots of _schedule_dots, each weight row unpacked in registers as it is read.
 
     The vector lanes run over `lanes` consecutive words (a power of two dividing the row's words, so
@@ -457,6 +476,7 @@ def _schedule_unpacking_dots(sch, matmul, epilogue, cpu, m, n, k, unpacking, act
     if _extent(sch, sch.get_loops(scales)[-1]) > 1:
         sch.vectorize(sch.get_loops(scales)[-1])
     vectors = _place_write_back(sch, matmul, vector_sums, epilogue, at=n_inner, row=m)
+    prefetch.mark(sch, k_outer, unpacking.words, lanes)
 
     sch.vectorize(word)
     sch.unroll(code)
@@ -484,7 +504,11 @@ class SingleRowReduction(ScheduleRule):
         if kernel is None:
             return None
         sch, blocks, reductions = kernel
-        if not reductions or not all(_single_row(sch, b) for b in reductions) or not _is_spatial(sch, blocks[-1]):
+        if (
+            not reductions
+            or not all(_single_row(sch, b) for b in reductions)
+            or not _is_spatial(sch, blocks[-1])
+        ):
             return None
         output_loop = sch.get_loops(blocks[-1])[-1]
         extent = _extent(sch, output_loop)
@@ -496,5 +520,9 @@ class SingleRowReduction(ScheduleRule):
 
 def _single_row(sch: s_tir.Schedule, block) -> bool:
     """True if every spatial axis of the block has extent 1."""
-    spatial = [iv.dom.extent for iv in sch.get(block).iter_vars if int(iv.iter_type) == tirx.IterVar.DataPar]
+    spatial = [
+        iv.dom.extent
+        for iv in sch.get(block).iter_vars
+        if int(iv.iter_type) == tirx.IterVar.DataPar
+    ]
     return all(_static(extent) == 1 for extent in spatial)
