@@ -8,10 +8,7 @@ import numpy as np
 import pytest
 import tvm
 from tvm.relax.frontend.nn.llm._decode_kernels import _attention_decode_cpu
-from tvm.relax.frontend.nn.llm._prefill_kernels import (
-    _attention_prefill_cpu,
-    _attention_prefill_ragged_cpu,
-)
+from tvm.relax.frontend.nn.llm._prefill_kernels import _attention_prefill_cpu, _attention_prefill_ragged_cpu
 
 from codegen.build import pipeline
 from codegen.build.cpu import attention as attention_cpu
@@ -92,45 +89,21 @@ def _run_ragged(fn, q, k, v, lengths, causal):
     indptr = _indptr(lengths)
     output, lse = _outputs(q)
     positions = (np.zeros(len(q), "int32"), np.zeros(len(lengths), "int32"))
-    fn(
-        *_tensors(q, indptr, k, v, indptr, *positions),
-        output,
-        lse,
-        causal,
-        *NO_ROPE,
-        q.shape[2] ** -0.5,
-    )
+    fn(*_tensors(q, indptr, k, v, indptr, *positions), output, lse, causal, *NO_ROPE, q.shape[2] ** -0.5)
     return _results(output, lse)
 
 
 def _run_paged_prefill(fn, q, cache, q_lengths, causal):
     output, lse = _outputs(q)
     positions = (np.zeros(len(q_lengths), "int32"), np.zeros(len(q), "int32"))
-    fn(
-        *_tensors(q, _indptr(q_lengths)),
-        *cache.args(),
-        *_tensors(*positions),
-        output,
-        lse,
-        causal,
-        *NO_ROPE,
-        q.shape[2] ** -0.5,
-    )
+    fn(*_tensors(q, _indptr(q_lengths)), *cache.args(), *_tensors(*positions), output, lse, causal, *NO_ROPE, q.shape[2] ** -0.5)
     return _results(output, lse)
 
 
 def _run_decode(fn, q, cache):
     output, lse = _outputs(q)
     positions = (np.zeros(len(q), "int32"), np.zeros(len(q), "int32"))
-    fn(
-        *_tensors(q),
-        *cache.args(),
-        *_tensors(*positions),
-        output,
-        lse,
-        *NO_ROPE,
-        q.shape[2] ** -0.5,
-    )
+    fn(*_tensors(q), *cache.args(), *_tensors(*positions), output, lse, *NO_ROPE, q.shape[2] ** -0.5)
     return _results(output, lse)
 
 
@@ -142,13 +115,7 @@ class PagedCache:
         counts = [-(-length // PAGE_SIZE) for length in lengths]
         self.page_indptr = _indptr(counts)
         self.page_values = rng.permutation(NUM_PAGES)[: sum(counts)].astype("int32")
-        self.last_page_len = np.array(
-            [
-                length - PAGE_SIZE * (count - 1) if count else 0
-                for length, count in zip(lengths, counts)
-            ],
-            "int32",
-        )
+        self.last_page_len = np.array([length - PAGE_SIZE * (count - 1) if count else 0 for length, count in zip(lengths, counts)], "int32")
         self.lengths = lengths
 
     def args(self):
@@ -165,15 +132,7 @@ class PagedCache:
         return sequences
 
 
-def _reference(
-    q,
-    q_indptr,
-    keys,
-    values,
-    causal: int,
-    window: int | None = None,
-    keys_precede_queries: bool = False,
-):
+def _reference(q, q_indptr, keys, values, causal: int, window: int | None = None, keys_precede_queries: bool = False):
     """float64 attention of each sequence's query rows: output, and lse as TVM defines it (log2 of the
     softmax denominator of the log2(e)-scaled scores). With a window, a query at position p sees keys
     p - window < k <= p, where p is its index among the keys, or past them when `keys_precede_queries`
@@ -189,12 +148,7 @@ def _reference(
             first = 0 if window is None else max(0, position + 1 - window)
             for h in range(h_q if visible > first else 0):
                 kv_head = h // (h_q // h_kv)
-                scores = (
-                    k[first:visible, kv_head].astype(np.float64)
-                    @ q[row, h]
-                    * sm_scale
-                    * np.log2(np.e)
-                )
+                scores = k[first:visible, kv_head].astype(np.float64) @ q[row, h] * sm_scale * np.log2(np.e)
                 weights = np.exp2(scores - scores.max())
                 out[row, h] = weights @ v[first:visible, kv_head] / weights.sum()
                 lse[row, h] = scores.max() + np.log2(weights.sum())
@@ -217,9 +171,7 @@ def test_ragged_prefill(build, layout, lengths, causal):
     indptr = _indptr(lengths)
     split = [slice(begin, end) for begin, end in zip(indptr, indptr[1:])]
     _assert_close(ours, _reference(q, indptr, [k[s] for s in split], [v[s] for s in split], causal))
-    _assert_close(
-        ours, _run_ragged(build(_tvms_ragged, *LAYOUTS[layout]), q, k, v, lengths, causal)
-    )
+    _assert_close(ours, _run_ragged(build(_tvms_ragged, *LAYOUTS[layout]), q, k, v, lengths, causal))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -229,16 +181,9 @@ def test_paged_prefill(build, layout, kv_lengths, q_lengths, causal):
     rng = np.random.default_rng(1)
     cache = PagedCache(rng, h_kv, d, kv_lengths)
     q = rng.standard_normal((sum(q_lengths), h_q, d), dtype="float32")
-    ours = _run_paged_prefill(
-        build(_ours_paged_prefill, *LAYOUTS[layout]), q, cache, q_lengths, causal
-    )
+    ours = _run_paged_prefill(build(_ours_paged_prefill, *LAYOUTS[layout]), q, cache, q_lengths, causal)
     _assert_close(ours, _reference(q, _indptr(q_lengths), cache.tokens(0), cache.tokens(1), causal))
-    _assert_close(
-        ours,
-        _run_paged_prefill(
-            build(_tvms_paged_prefill, *LAYOUTS[layout]), q, cache, q_lengths, causal
-        ),
-    )
+    _assert_close(ours, _run_paged_prefill(build(_tvms_paged_prefill, *LAYOUTS[layout]), q, cache, q_lengths, causal))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -249,9 +194,7 @@ def test_paged_decode(build, layout, lengths):
     cache = PagedCache(rng, h_kv, d, lengths)
     q = rng.standard_normal((len(lengths), h_q, d), dtype="float32")
     ours = _run_decode(build(_ours_decode, *LAYOUTS[layout]), q, cache)
-    _assert_close(
-        ours, _reference(q, np.arange(len(lengths) + 1), cache.tokens(0), cache.tokens(1), 0)
-    )
+    _assert_close(ours, _reference(q, np.arange(len(lengths) + 1), cache.tokens(0), cache.tokens(1), 0))
     _assert_close(ours, _run_decode(build(_tvms_decode, *LAYOUTS[layout]), q, cache))
 
 
@@ -275,15 +218,7 @@ def test_a_sliding_window_limits_each_query_to_its_last_keys(build, window):
     q_lengths = [9, 3, 5]
     q = rng.standard_normal((sum(q_lengths), h_q, d), dtype="float32")
     for causal, keys_precede_queries in ((0, True), (1, False)):
-        expected = _reference(
-            q,
-            _indptr(q_lengths),
-            cache.tokens(0),
-            cache.tokens(1),
-            causal,
-            window,
-            keys_precede_queries,
-        )
+        expected = _reference(q, _indptr(q_lengths), cache.tokens(0), cache.tokens(1), causal, window, keys_precede_queries)
         _assert_close(_run_paged_prefill(paged, q, cache, q_lengths, causal), expected)
 
     decode = build(functools.partial(_ours_decode, window=window), h_kv, h_q, d)
@@ -296,23 +231,14 @@ def test_float16_is_computed_in_float32_like_tvms(build):
     h_kv, h_q, d = LAYOUTS["mqa"]
     rng = np.random.default_rng(3)
     lengths = [37, 16]
-    q, k, v = (
-        rng.standard_normal((sum(lengths), heads, d)).astype("float16")
-        for heads in (h_q, h_kv, h_kv)
-    )
+    q, k, v = (rng.standard_normal((sum(lengths), heads, d)).astype("float16") for heads in (h_q, h_kv, h_kv))
     ours = _run_ragged(build(_ours_ragged, h_kv, h_q, d, "float16"), q, k, v, lengths, 1)
     # One float16 rounding of the output apart.
-    _assert_close(
-        ours,
-        _run_ragged(build(_tvms_ragged, h_kv, h_q, d, "float16"), q, k, v, lengths, 1),
-        atol=2e-3,
-    )
+    _assert_close(ours, _run_ragged(build(_tvms_ragged, h_kv, h_q, d, "float16"), q, k, v, lengths, 1), atol=2e-3)
     cache = PagedCache(rng, h_kv, d, [40, 5], "float16")
     q = rng.standard_normal((2, h_q, d)).astype("float16")
     ours = _run_decode(build(_ours_decode, h_kv, h_q, d, "float16"), q, cache)
-    _assert_close(
-        ours, _run_decode(build(_tvms_decode, h_kv, h_q, d, "float16"), q, cache), atol=2e-3
-    )
+    _assert_close(ours, _run_decode(build(_tvms_decode, h_kv, h_q, d, "float16"), q, cache), atol=2e-3)
 
 
 def test_inline_rope_is_refused(build):
@@ -323,18 +249,14 @@ def test_inline_rope_is_refused(build):
     output, lse = _outputs(q)
     indptr, positions = _indptr([4]), (np.zeros(4, "int32"), np.zeros(1, "int32"))
     with pytest.raises(RuntimeError, match="RoPE inline"):
-        build(_ours_ragged, h_kv, h_q, d)(
-            *_tensors(q, indptr, kv, kv, indptr, *positions), output, lse, 1, 1, 1.0, 1e4, 0.125
-        )
+        build(_ours_ragged, h_kv, h_q, d)(*_tensors(q, indptr, kv, kv, indptr, *positions), output, lse, 1, 1, 1.0, 1e4, 0.125)
 
 
 def _kv_cache_kernels(mod: tvm.IRModule) -> dict[str, tuple[tvm.ir.GlobalVar, tvm.tirx.PrimFunc]]:
     return {
         func.attrs["global_symbol"]: (global_var, func)
         for global_var, func in mod.functions_items()
-        if isinstance(func, tvm.tirx.PrimFunc)
-        and func.attrs is not None
-        and func.attrs.get("global_symbol") in attention_cpu.REPLACEMENTS
+        if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None and func.attrs.get("global_symbol") in attention_cpu.REPLACEMENTS
     }
 
 
@@ -342,9 +264,7 @@ def test_pass_swaps_the_kernels_of_an_exported_model():
     """Same GlobalVars and symbols, our scheduled kernels behind them, and dlight leaves them be."""
     model = load_model("gpt_bigcode")
     options = BuildOptions(target="llvm", num_threads=2)
-    config = model.config(
-        hf_config=dict(vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_positions=64)
-    )
+    config = model.config(hf_config=dict(vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_positions=64))
     exported, _ = export(model, config, options)
     before = _kv_cache_kernels(exported)
     assert set(before) == set(attention_cpu.REPLACEMENTS)
@@ -361,14 +281,8 @@ def test_pass_swaps_the_kernels_of_an_exported_model():
 
 def test_pages_that_are_not_whole_key_blocks_keep_tvms_kernel():
     original = _attention_decode_cpu(1, 4, 64, "float32", False, {}, page_size=8)
-    mod = attention_cpu.replace_kv_cache_kernels()(
-        tvm.IRModule({"batch_decode_paged_kv_cpu": original})
-    )
+    mod = attention_cpu.replace_kv_cache_kernels()(tvm.IRModule({"batch_decode_paged_kv_cpu": original}))
     tvm.ir.assert_structural_equal(mod["batch_decode_paged_kv_cpu"], original)
     # TVM's kernel knows no window: keeping it would attend to every key.
-    with pytest.raises(
-        RuntimeError, match="sliding-window attention needs the CPU attention kernels"
-    ):
-        attention_cpu.replace_kv_cache_kernels(window=11)(
-            tvm.IRModule({"batch_decode_paged_kv_cpu": original})
-        )
+    with pytest.raises(RuntimeError, match="sliding-window attention needs the CPU attention kernels"):
+        attention_cpu.replace_kv_cache_kernels(window=11)(tvm.IRModule({"batch_decode_paged_kv_cpu": original}))

@@ -73,9 +73,7 @@ def _take_clipped(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     return bb.call_te(topi.take, call.args[0], call.args[1], call.attrs.axis, mode=mode)
 
 
-def schedule_passes(
-    target: Target, attention_window: int | None = None
-) -> list[tvm.transform.Pass]:
+def schedule_passes(target: Target, attention_window: int | None = None) -> list[tvm.transform.Pass]:
     if target.kind.name == "cuda":  # a window never gets here: compile.build refuses it for cuda
         return [_do_not_tensorize(), dlight.ApplyDefaultSchedule(*gpu_rules())]
     # The KV cache's attention kernels come scheduled (tirx.is_scheduled): dlight leaves them be.
@@ -84,9 +82,7 @@ def schedule_passes(
 
 def schedule_cpu_kernels() -> tvm.transform.Pass:
     """The CPU rules on every unscheduled kernel, then the prefetches they asked for."""
-    return tvm.transform.Sequential(
-        [dlight.ApplyDefaultSchedule(*cpu_rules()), prefetch.insert_prefetches]
-    )
+    return tvm.transform.Sequential([dlight.ApplyDefaultSchedule(*cpu_rules()), prefetch.insert_prefetches])
 
 
 def cpu_rules() -> list[dlight.ScheduleRule]:
@@ -96,13 +92,7 @@ def cpu_rules() -> list[dlight.ScheduleRule]:
 
 def gpu_rules() -> list[dlight.ScheduleRule]:
     """TVM's default CUDA rules."""
-    return [
-        dlight.gpu.Matmul(),
-        dlight.gpu.GEMV(),
-        dlight.gpu.Reduction(),
-        dlight.gpu.GeneralReduction(),
-        dlight.gpu.Fallback(),
-    ]
+    return [dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.Reduction(), dlight.gpu.GeneralReduction(), dlight.gpu.Fallback()]
 
 
 def _do_not_tensorize() -> tvm.transform.Pass:

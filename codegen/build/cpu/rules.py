@@ -220,11 +220,7 @@ def _schedule_dots(sch, matmul, epilogue, cpu, m, n, k, width: int, tile_rows: i
     partial = sch.rfactor(k_inner, factor_axis=output_rank)
     sch.set_scope(partial, 0, ACCUMULATOR_SCOPE)
     # Only row dots have more lanes than a vector (side-by-side tiles pass width = lanes).
-    vector_sums = (
-        None
-        if side_by_side or width == cpu.lanes
-        else _sum_vectors_first(sch, matmul, cpu.lanes, output_rank)
-    )
+    vector_sums = None if side_by_side or width == cpu.lanes else _sum_vectors_first(sch, matmul, cpu.lanes, output_rank)
     # rfactor moves the split loops to the write-back block; the partial sums get fresh ones.
     loops = sch.get_loops(partial)
     if side_by_side:
@@ -281,9 +277,7 @@ def _schedule_gemm(sch, matmul, epilogue, cpu, m, n, k, lanes, n_extent, unpacki
     else:
         packed = unpacking.block
     sch.compute_at(packed, n_outer, preserve_unit_loops=True)
-    sch.transform_layout(
-        packed, ("write", 0), lambda i, j: (j, i % nv), assume_injective_transform=True
-    )
+    sch.transform_layout(packed, ("write", 0), lambda i, j: (j, i % nv), assume_injective_transform=True)
     if epilogue is None:
         epilogue = sch.cache_write(matmul, 0, ACCUMULATOR_SCOPE)
         sch.reverse_compute_at(epilogue, m_outer, preserve_unit_loops=True)
@@ -293,17 +287,13 @@ def _schedule_gemm(sch, matmul, epilogue, cpu, m, n, k, lanes, n_extent, unpacki
     sch.vectorize(sch.get_loops(epilogue)[-1])
     # Each tile's accumulators live only inside its iteration: map them onto one MR x NV tile (the
     # predicate on the last tile would otherwise stop TVM from shrinking the buffer).
-    sch.transform_layout(
-        matmul, ("write", 0), lambda *i: (i[-2] % mr, i[-1] % nv), assume_injective_transform=True
-    )
+    sch.transform_layout(matmul, ("write", 0), lambda *i: (i[-2] % mr, i[-1] % nv), assume_injective_transform=True)
     sch.vectorize(n_inner)
     sch.unroll(m_inner)
     pack_n, pack_k = sch.get_loops(packed)[-2:]
     if unpacking is None:
         # Pack in blocks of PACK_BLOCK along k: each weight row's cache line is read whole at once.
-        pack_k_outer, pack_k_inner = sch.split(
-            pack_k, [None, _largest_power_of_two_dividing(_extent(sch, pack_k), PACK_BLOCK)]
-        )
+        pack_k_outer, pack_k_inner = sch.split(pack_k, [None, _largest_power_of_two_dividing(_extent(sch, pack_k), PACK_BLOCK)])
         sch.reorder(pack_k_outer, pack_n, pack_k_inner)
     else:
         # One vector per k across the NV rows (its stores contiguous); the codes of a word unrolled,
@@ -434,14 +424,10 @@ def _schedule_quantized(sch, matmul, epilogue, unpacking: _Unpacking, cpu: CPUSh
     weight = sch.get(matmul).reads[_weight_read_index(sch, matmul)].source
     activations = next(r.source for r in sch.get(matmul).reads if not r.source.same_as(weight))
     sch.compute_inline(unpacking.block)
-    return _schedule_unpacking_dots(
-        sch, matmul, epilogue, cpu, m, n, k, unpacking, activations, lanes
-    )
+    return _schedule_unpacking_dots(sch, matmul, epilogue, cpu, m, n, k, unpacking, activations, lanes)
 
 
-def _schedule_unpacking_dots(
-    sch, matmul, epilogue, cpu, m, n, k, unpacking, activations, lanes: int
-):
+def _schedule_unpacking_dots(sch, matmul, epilogue, cpu, m, n, k, unpacking, activations, lanes: int):
     """The row dots of _schedule_dots, each weight row unpacked in registers as it is read.
 
     The vector lanes run over `lanes` consecutive words (a power of two dividing the row's words, so
@@ -504,11 +490,7 @@ class SingleRowReduction(ScheduleRule):
         if kernel is None:
             return None
         sch, blocks, reductions = kernel
-        if (
-            not reductions
-            or not all(_single_row(sch, b) for b in reductions)
-            or not _is_spatial(sch, blocks[-1])
-        ):
+        if not reductions or not all(_single_row(sch, b) for b in reductions) or not _is_spatial(sch, blocks[-1]):
             return None
         output_loop = sch.get_loops(blocks[-1])[-1]
         extent = _extent(sch, output_loop)
@@ -520,9 +502,5 @@ class SingleRowReduction(ScheduleRule):
 
 def _single_row(sch: s_tir.Schedule, block) -> bool:
     """True if every spatial axis of the block has extent 1."""
-    spatial = [
-        iv.dom.extent
-        for iv in sch.get(block).iter_vars
-        if int(iv.iter_type) == tirx.IterVar.DataPar
-    ]
+    spatial = [iv.dom.extent for iv in sch.get(block).iter_vars if int(iv.iter_type) == tirx.IterVar.DataPar]
     return all(_static(extent) == 1 for extent in spatial)
