@@ -228,7 +228,7 @@ def test_decode_prefetches_the_words_it_reads_rows_ahead(bits):
     n, k = 100, 768
     scheduled, _, _ = _build(_kernel(bits, n, k, 1))
     [address] = _prefetched(scheduled, "q_weight")
-    row, word = address.indices
+    row, _word = address.indices
     assert isinstance(row, tirx.Min) and int(row.b) == n - 1
     assert f"+ T.int64({prefetch.ROWS_AHEAD})" in str(row.a)
     assert len(_prefetched(scheduled, "")) == 1

@@ -4,7 +4,8 @@ A decode step reads every weight once, from DRAM or the last-level cache, and th
 spend enough instructions per cache line (unpacking 4-bit codes most of all) that the out-of-order
 window covers only a few lines in flight: the kernel runs at a fraction of the bandwidth it gets
 when the weight is already in L1/L2. Prefetching the same position ROWS_AHEAD rows further on
-keeps lines in flight regardless of the work per line (bench/README.md, "Why the constants").
+keeps lines in flight regardless of the work per line: caches flushed, 2 threads, a q4 768x3072
+kernel took 0.129 ms without and 0.080 ms with it (0.076 ms with the weight in cache).
 
 A schedule rule marks a loop with `mark`; `insert_prefetches`, run after the rules, writes the
 prefetch instructions at the top of each marked loop's body and drops the mark.
@@ -16,7 +17,8 @@ import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
 
-# How far ahead, in weight rows (the first axis), each iteration prefetches what it reads.
+# How far ahead, in weight rows (the first axis), each iteration prefetches what it reads; 4 to 32
+# measured alike.
 ROWS_AHEAD = 8
 LINE_BYTES = 64
 _MARK = "codegen.prefetch_rows_ahead"
