@@ -459,8 +459,10 @@ def _schedule_unpacking_dots(sch, matmul, epilogue, cpu, m, n, k, unpacking, act
     # vector LLVM cannot see through); from the copy LLVM loads one vector and permutes it.
     scales = sch.cache_read(partial, _read_index(sch, partial, unpacking.scales), ACCUMULATOR_SCOPE)
     sch.compute_at(scales, k_outer)
-    if _extent(sch, sch.get_loops(scales)[-1]) > 1:
-        sch.vectorize(sch.get_loops(scales)[-1])
+    scale_loop = sch.get_loops(scales)[-1]
+    # A step within one group copies a single scale: then the copy has no loop of its own.
+    if not sch.get(scale_loop).same_as(sch.get(k_outer)) and _extent(sch, scale_loop) > 1:
+        sch.vectorize(scale_loop)
     vectors = _place_write_back(sch, matmul, vector_sums, epilogue, at=n_inner, row=m)
     prefetch.mark(sch, k_outer, unpacking.words, lanes)
 
