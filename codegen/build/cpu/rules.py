@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import tvm
+import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
@@ -269,13 +271,26 @@ def _schedule_gemm(sch, matmul, epilogue, cpu, m, n, k, lanes, n_extent, unpacki
         return None
     mr = GEMM_MR
     weight_index = _weight_read_index(sch, matmul)
+    accumulator = str(sch.get(matmul).writes[0].source.dtype)
+    activation_index = next(i for i in range(len(sch.get(matmul).reads)) if i != weight_index)
     n_outer, n_inner = sch.split(n, [None, nv])
     m_outer, m_inner = sch.split(m, [None, mr])
     sch.reorder(n_outer, m_outer, k, m_inner, n_inner)
+    widened = []
+    if _narrower(sch.get(matmul).reads[activation_index].source.dtype, accumulator):
+        # Converted once for the whole kernel instead of once per weight panel and element.
+        activations = sch.cache_read(matmul, activation_index, "global")
+        sch.unsafe_set_dtype(activations, 0, accumulator)
+        sch.vectorize(sch.split(sch.get_loops(activations)[-1], [None, cpu.lanes])[-1])
+        widened.append(sch.get(activations).writes[0].source)
     if unpacking is None:
         packed = sch.cache_read(matmul, weight_index, "global")
     else:
         packed = unpacking.block
+    if _narrower(sch.get(packed).writes[0].source.dtype, accumulator):
+        # The panel holds the accumulator's type: each weight converted once, not once per row tile.
+        sch.unsafe_set_dtype(packed, 0, accumulator)
+        widened.append(sch.get(packed).writes[0].source)
     sch.compute_at(packed, n_outer, preserve_unit_loops=True)
     sch.transform_layout(packed, ("write", 0), lambda i, j: (j, i % nv), assume_injective_transform=True)
     if epilogue is None:
@@ -306,7 +321,32 @@ def _schedule_gemm(sch, matmul, epilogue, cpu, m, n, k, lanes, n_extent, unpacki
     if cpu.threads > 1:
         sch.parallel(n_outer)
     sch.decompose_reduction(matmul, k)
-    return sch
+    return _without_round_trips(sch, widened)
+
+
+def _without_round_trips(sch: s_tir.Schedule, widened: list[tirx.Buffer]) -> s_tir.Schedule:
+    """unsafe_set_dtype leaves readers of a widened copy narrowing each value back and widening it
+    again; every value in the copy came from the narrow type, so that round trip is exact: drop it."""
+    if not widened:
+        return sch
+    names = {buffer.name for buffer in widened}
+
+    def load_directly(cast: tirx.Cast) -> tirx.PrimExpr:
+        inner = cast.value
+        if isinstance(inner, tirx.Cast) and isinstance(inner.value, tvm.ir.TensorLoad):  # a BufferLoad
+            load = inner.value
+            if load.source.name in names and str(load.source.dtype) == str(cast.ty):
+                return load
+        return cast
+
+    func = sch.mod["main"]
+    return s_tir.Schedule(func.with_body(tvm_ffi.structural_map(func.body, (tirx.Cast, load_directly))))
+
+
+def _narrower(dtype: str, accumulator: str) -> bool:
+    """True for a float operand of fewer bits than the float accumulator (float16 into float32)."""
+    operand, wide = tvm.DataType(dtype), tvm.DataType(accumulator)
+    return operand.type_code == wide.type_code and operand.bits < wide.bits
 
 
 def _many_rows(extent) -> bool:
