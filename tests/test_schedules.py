@@ -235,11 +235,13 @@ def test_prefill_gemm_matches_numpy_for_every_row_remainder(epilogue):
         assert np.abs(out - expected).max() <= 1e-4, rows
 
 
+@pytest.mark.parametrize("dtype, rounding", [("float16", 2.0**-11), ("bfloat16", 2.0**-8)])
 @pytest.mark.parametrize("rows", [1, "seq_len"])
-def test_float16_linear_accumulates_in_float32(rows):
-    """float16 storage, float32 sums (build/cpu/half_precision.py): over 768 terms a float16
+def test_16_bit_linear_accumulates_in_float32(rows, dtype, rounding):
+    """16-bit storage, float32 sums (build/cpu/half_precision.py): over 768 terms a float16
     accumulator is off by ~1e-3 of the largest output (measured), a float32 one only by the final
-    rounding to float16 (2^-11 relative)."""
+    rounding to 16 bits (2^-11 relative in float16, 2^-8 in bfloat16)."""
+    import ml_dtypes
     import numpy as np
     from tvm import relax
     from tvm.relax.frontend import nn
@@ -252,22 +254,24 @@ def test_float16_linear_accumulates_in_float32(rows):
             return self.proj(x)
 
     module = Linear()
-    module.to("float16")
-    mod, _ = module.export_tvm({"forward": {"x": nn.spec.Tensor([1, rows, 768], "float16")}})
+    module.to(dtype)
+    mod, _ = module.export_tvm({"forward": {"x": nn.spec.Tensor([1, rows, 768], dtype)}})
     target = BuildOptions(target="llvm", num_threads=2).tvm_target()
     vm = relax.VirtualMachine(tvm.compile(mod, target=target, relax_pipeline=pipeline.relax_pipeline(target)), tvm.cpu())
     rng = np.random.default_rng(0)
     # Positive terms: the sum grows to ~190, where float16's spacing is 0.125.
-    weight = rng.uniform(0, 1, (64, 768)).astype(np.float16)
-    x = rng.uniform(0, 1, (1, 1 if rows == 1 else 9, 768)).astype(np.float16)
+    storage = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16
+    weight = rng.uniform(0, 1, (64, 768)).astype(storage)
+    x = rng.uniform(0, 1, (1, 1 if rows == 1 else 9, 768)).astype(storage)
     out = vm["forward"](tvm.runtime.tensor(x), tvm.runtime.tensor(weight)).numpy().astype(np.float64)
     expected = x.astype(np.float64) @ weight.astype(np.float64).T
-    assert np.abs(out - expected).max() <= 2.0**-11 * np.abs(expected).max()
+    assert np.abs(out - expected).max() <= rounding * np.abs(expected).max()
 
 
-def test_float16_prefill_gemm_converts_each_operand_once():
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_16_bit_prefill_gemm_converts_each_operand_once(dtype):
     """The GEMM's inner loop multiplies float32 copies: the weight panel and the activations are
-    converted when copied, not on every multiply-add (which ran float16 prefill at ~40% of float32's
+    converted when copied, not on every multiply-add (which ran float16 prefill at ~60% of float32's
     GFLOP/s)."""
     import tvm_ffi
     from tvm.relax.frontend import nn
@@ -280,8 +284,8 @@ def test_float16_prefill_gemm_converts_each_operand_once():
             return self.proj(x)
 
     module = Linear()
-    module.to("float16")
-    mod, _ = module.export_tvm({"forward": {"x": nn.spec.Tensor([1, "seq_len", 768], "float16")}})
+    module.to(dtype)
+    mod, _ = module.export_tvm({"forward": {"x": nn.spec.Tensor([1, "seq_len", 768], dtype)}})
     target = BuildOptions(target="llvm", num_threads=2).tvm_target()
     with target:
         lowered = pipeline.relax_pipeline(target)(mod)

@@ -3,7 +3,7 @@
 Both targets run TVM's own backend passes around the same core: keep nn.Linear as one
 transposed-weight matmul, legalise and fuse, then schedule every fused kernel with dlight-style rules
 (ours for CPU matmuls and single-row norms, dlight's for the rest and for CUDA). CPU builds also
-legalise activations to vectorisable approximations (build/cpu/fast_math.py), compute float16
+legalise activations to vectorisable approximations (build/cpu/fast_math.py), compute 16-bit
 matmuls in float32 (build/cpu/half_precision.py) and swap the KV cache's
 scalar attention kernels for threaded, vectorised ones (build/cpu/attention.py).
 """
@@ -19,7 +19,7 @@ from tvm.target import Target
 
 from codegen.build.cpu import fast_math, prefetch
 from codegen.build.cpu.attention import replace_kv_cache_kernels
-from codegen.build.cpu.half_precision import float16_matmul_in_float32
+from codegen.build.cpu.half_precision import half_matmuls_in_float32
 from codegen.build.cpu.rules import QuantizedWeightMatmul, SingleRowReduction, WeightMatmul
 
 
@@ -46,7 +46,7 @@ def relax_pipeline(target: Target, attention_window: int | None = None) -> tvm.t
 
 
 def _widen_half_matmuls(target: Target) -> list[tvm.transform.Pass]:
-    return [float16_matmul_in_float32] if target.kind.name == "llvm" else []
+    return [half_matmuls_in_float32] if target.kind.name == "llvm" else []
 
 
 def _legalize_and_fuse(target: Target) -> list[tvm.transform.Pass]:

@@ -344,9 +344,11 @@ def _without_round_trips(sch: s_tir.Schedule, widened: list[tirx.Buffer]) -> s_t
 
 
 def _narrower(dtype: str, accumulator: str) -> bool:
-    """True for a float operand of fewer bits than the float accumulator (float16 into float32)."""
+    """True for a float operand of fewer bits than the float accumulator (float16 or bfloat16 into
+    float32)."""
     operand, wide = tvm.DataType(dtype), tvm.DataType(accumulator)
-    return operand.type_code == wide.type_code and operand.bits < wide.bits
+    floats = (tvm.DataTypeCode.FLOAT, tvm.DataTypeCode.BFLOAT)
+    return operand.type_code in floats and wide.type_code in floats and operand.bits < wide.bits
 
 
 def _many_rows(extent) -> bool:
