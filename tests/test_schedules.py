@@ -235,15 +235,8 @@ def test_prefill_gemm_matches_numpy_for_every_row_remainder(epilogue):
         assert np.abs(out - expected).max() <= 1e-4, rows
 
 
-@pytest.mark.parametrize("dtype, rounding", [("float16", 2.0**-11), ("bfloat16", 2.0**-8)])
-@pytest.mark.parametrize("rows", [1, "seq_len"])
-def test_16_bit_linear_accumulates_in_float32(rows, dtype, rounding):
-    """16-bit storage, float32 sums (build/cpu/half_precision.py): over 768 terms a float16
-    accumulator is off by ~1e-3 of the largest output (measured), a float32 one only by the final
-    rounding to 16 bits (2^-11 relative in float16, 2^-8 in bfloat16)."""
-    import ml_dtypes
-    import numpy as np
-    from tvm import relax
+def _linear_768_to_64(dtype: str, rows) -> tuple[tvm.IRModule, Target]:
+    """One bias-free nn.Linear in `dtype` over `rows` activation rows (an int or a symbolic name)."""
     from tvm.relax.frontend import nn
 
     class Linear(nn.Module):
@@ -256,7 +249,20 @@ def test_16_bit_linear_accumulates_in_float32(rows, dtype, rounding):
     module = Linear()
     module.to(dtype)
     mod, _ = module.export_tvm({"forward": {"x": nn.spec.Tensor([1, rows, 768], dtype)}})
-    target = BuildOptions(target="llvm", num_threads=2).tvm_target()
+    return mod, BuildOptions(target="llvm", num_threads=2).tvm_target()
+
+
+@pytest.mark.parametrize("dtype, rounding", [("float16", 2.0**-11), ("bfloat16", 2.0**-8)])
+@pytest.mark.parametrize("rows", [1, "seq_len"])
+def test_16_bit_linear_accumulates_in_float32(rows, dtype, rounding):
+    """16-bit storage, float32 sums (build/cpu/half_precision.py): over 768 terms a float16
+    accumulator is off by ~1e-3 of the largest output (measured), a float32 one only by the final
+    rounding to 16 bits (2^-11 relative in float16, 2^-8 in bfloat16)."""
+    import ml_dtypes
+    import numpy as np
+    from tvm import relax
+
+    mod, target = _linear_768_to_64(dtype, rows)
     vm = relax.VirtualMachine(tvm.compile(mod, target=target, relax_pipeline=pipeline.relax_pipeline(target)), tvm.cpu())
     rng = np.random.default_rng(0)
     # Positive terms: the sum grows to ~190, where float16's spacing is 0.125.
@@ -274,19 +280,8 @@ def test_16_bit_prefill_gemm_converts_each_operand_once(dtype):
     converted when copied, not on every multiply-add (which ran float16 prefill at ~60% of float32's
     GFLOP/s)."""
     import tvm_ffi
-    from tvm.relax.frontend import nn
 
-    class Linear(nn.Module):
-        def __init__(self):
-            self.proj = nn.Linear(768, 64, bias=False)
-
-        def forward(self, x):
-            return self.proj(x)
-
-    module = Linear()
-    module.to(dtype)
-    mod, _ = module.export_tvm({"forward": {"x": nn.spec.Tensor([1, "seq_len", 768], dtype)}})
-    target = BuildOptions(target="llvm", num_threads=2).tvm_target()
+    mod, target = _linear_768_to_64(dtype, "seq_len")
     with target:
         lowered = pipeline.relax_pipeline(target)(mod)
     [gemm] = [f for name, f in _prim_funcs(lowered).items() if "matmul" in name]
