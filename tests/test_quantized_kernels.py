@@ -1,6 +1,8 @@
-"""CPU schedules of the group-quantized linear kernel (dequantize_matmul; QuantizedWeightMatmul in
-codegen/build/cpu/rules.py): they match numpy, and they are the schedules meant: decode unpacks the
-codes in registers, prefill unpacks one panel of weight rows for all activation rows."""
+"""CPU kernels of the group-quantized linear layer (the generated dequantize_matmul; in decode
+factored by codegen/build/cpu/quantized_decode.py, scheduled by FactoredQuantizedDecode, in prefill
+by QuantizedWeightMatmul, both in codegen/build/cpu/rules.py): they match numpy, and they are the
+schedules meant: decode reads the codes in place from word vectors, prefill unpacks one panel of
+weight rows for all activation rows."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from tvm.relax.frontend.nn import op
 
 from codegen.build import pipeline
 from codegen.build.compile import BuildOptions
-from codegen.build.cpu import prefetch
+from codegen.build.cpu import prefetch, quantized_decode
 from codegen.build.cpu.rules import GEMM_MR, GEMM_VECTORS, MIN_LANES, TASK_ROWS, CPUShape
 from generated.gpt_bigcode.model import GroupQuantization, QuantizedLinear, _dequantize_matmul
 
@@ -24,22 +26,22 @@ SEQ_LEN = tirx.Var("seq_len", "int64")
 TOLERANCE = 1e-5  # relative to the largest output, float32 against a float64 reference
 
 
-def _scheme(bits: int) -> GroupQuantization:
-    return GroupQuantization(f"q{bits}f32_1", bits, 32, "float32", False, False)
+def _scheme(bits: int, dtype: str = "float32") -> GroupQuantization:
+    return GroupQuantization(f"q{bits}f{dtype[-2:]}_1", bits, 32, dtype, False, False)
 
 
-def _kernel(bits: int, n: int, k: int, rows) -> tirx.PrimFunc:
+def _kernel(bits: int, n: int, k: int, rows, dtype: str = "float32") -> tirx.PrimFunc:
     """The model's kernel for x [1, rows, k] times a quantized [n, k] weight (int64 indices, as
-    exported)."""
+    exported); `dtype`: of the activations and the scales (the scheme's compute dtype)."""
 
     def i64(value):
         return tirx.IntImm("int64", value) if isinstance(value, int) else value
 
-    scheme = _scheme(bits)
+    scheme = _scheme(bits, dtype)
     word_shape, scale_shape = scheme.packed_shapes(n, k)
-    x = te.placeholder((i64(1), i64(rows), i64(k)), "float32", name="x")
+    x = te.placeholder((i64(1), i64(rows), i64(k)), dtype, name="x")
     words = te.placeholder([i64(d) for d in word_shape], "uint32", name="q_weight")
-    scales = te.placeholder([i64(d) for d in scale_shape], "float32", name="q_scale")
+    scales = te.placeholder([i64(d) for d in scale_shape], dtype, name="q_scale")
     out = _dequantize_matmul(x, words, scales, scheme)
     return te.create_prim_func([x, words, scales, out], index_dtype_override="int64")
 
@@ -48,7 +50,7 @@ def _build(func: tirx.PrimFunc):
     """(scheduled PrimFunc, its TIR just after loop vectorisation, runtime module)."""
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     with TARGET:
-        scheduled = pipeline.schedule_cpu_kernels()(mod)
+        scheduled = pipeline.build_cpu_kernels()(mod)
     vectorised = []
 
     @pass_instrument
@@ -62,14 +64,14 @@ def _build(func: tirx.PrimFunc):
     return scheduled["main"], vectorised[0], library
 
 
-def _random_quantized(bits: int, n: int, k: int, rng):
+def _random_quantized(bits: int, n: int, k: int, rng, scale_dtype=np.float32):
     """(packed words, scales, the float64 weight they stand for)."""
     per_word = 32 // bits
     codes = rng.integers(0, 2**bits - 1, size=(n, k), dtype=np.uint32)
     words = np.zeros((n, k // per_word), np.uint32)
     for j in range(per_word):
         words |= codes[:, j::per_word] << np.uint32(j * bits)
-    scales = (rng.random((n, k // 32)) * 0.1 + 0.01).astype(np.float32)
+    scales = (rng.random((n, k // 32)) * 0.1 + 0.01).astype(scale_dtype)
     weight = (codes.astype(np.float64) - (2 ** (bits - 1) - 1)) * np.repeat(
         scales.astype(np.float64), 32, axis=1
     )
@@ -81,7 +83,7 @@ def _relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
 
 
 def _run(library, x, words, scales, n: int) -> np.ndarray:
-    out = tvm.runtime.tensor(np.zeros((*x.shape[:-1], n), np.float32))
+    out = tvm.runtime.tensor(np.zeros((*x.shape[:-1], n), x.dtype))
     library["main"](*(tvm.runtime.tensor(a) for a in (x, words, scales)), out)
     return out.numpy()
 
@@ -104,6 +106,20 @@ def test_decode_kernel_matches_numpy(bits, n, k):
     words, scales, weight = _random_quantized(bits, n, k, rng)
     x = rng.standard_normal((1, 1, k), dtype=np.float32)
     assert _relative_error(_run(library, x, words, scales, n), x @ weight.T) <= TOLERANCE
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_float16_decode_kernel_matches_numpy(bits):
+    """q4f16_1 / q8f16_1: float16 activations and scales, summed in float32, rounded once at the end
+    (float16's 2^-11 relative rounding of the largest output bounds the error)."""
+    n, k = 96, 768
+    scheduled, _, library = _build(_kernel(bits, n, k, 1, "float16"))
+    assert f'T.sblock("{quantized_decode.WORD_DOTS}_update")' in scheduled.script()
+    rng = np.random.default_rng(bits)
+    words, scales, weight = _random_quantized(bits, n, k, rng, np.float16)
+    x = rng.standard_normal((1, 1, k)).astype(np.float16)
+    expected = x.astype(np.float64) @ weight.T
+    assert _relative_error(_run(library, x, words, scales, n).astype(np.float64), expected) <= 2**-10
 
 
 @pytest.mark.parametrize(
@@ -209,16 +225,21 @@ def _is_contiguous_vector(index: tirx.PrimExpr) -> bool:
 
 
 @pytest.mark.parametrize("bits", [4, 8])
-def test_decode_unpacks_in_registers_from_contiguous_word_vectors(bits):
-    """No [N, K] weight is written, and each vector of codes comes from one load of consecutive
-    words (vectorising k instead loads the word once per lane)."""
+def test_decode_sums_codes_per_word_from_contiguous_word_vectors(bits):
+    """Decode is the factored kernel: no [N, K] weight is written, each vector of codes comes from one
+    load of consecutive words, and the codes of a vector of words sum into one vector of word dots
+    (a register, not a buffer)."""
     n, k = 100, 768
     scheduled, vectorised, _ = _build(_kernel(bits, n, k, 1))
-    assert "dequantize" not in scheduled.script()  # the unpacking block was inlined
+    assert "dequantize" not in scheduled.script()
     assert all(_elements(b) < n * k for b in _allocations(vectorised))
     word_loads = _loads(vectorised, "q_weight")
     assert word_loads and all(_is_contiguous_vector(index) for index in word_loads), word_loads
-    assert tirx.ForKind.PARALLEL in _loop_kinds(vectorised)
+    [word_dots] = [b for b in _allocations(vectorised) if b.name == quantized_decode.WORD_DOTS]
+    assert _elements(word_dots) == CPUShape.of(TARGET).lanes
+    dot_stores = _stores(vectorised, quantized_decode.WORD_DOTS)
+    assert dot_stores and all(_is_contiguous_vector(index) for index in dot_stores), dot_stores
+    assert {tirx.ForKind.PARALLEL, tirx.ForKind.UNROLLED} <= _loop_kinds(vectorised)
 
 
 @pytest.mark.parametrize("bits", [4, 8])

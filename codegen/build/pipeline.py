@@ -4,8 +4,9 @@ Both targets run TVM's own backend passes around the same core: keep nn.Linear a
 transposed-weight matmul, legalise and fuse, then schedule every fused kernel with dlight-style rules
 (ours for CPU matmuls and single-row norms, dlight's for the rest and for CUDA). CPU builds also
 legalise activations to vectorisable approximations (build/cpu/fast_math.py), compute 16-bit
-matmuls in float32 (build/cpu/half_precision.py) and swap the KV cache's
-scalar attention kernels for threaded, vectorised ones (build/cpu/attention.py).
+matmuls in float32 (build/cpu/half_precision.py), factor the one-row quantized matmuls of decode
+(build/cpu/quantized_decode.py) and swap the KV cache's scalar attention kernels for threaded,
+vectorised ones (build/cpu/attention.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from tvm.target import Target
 from codegen.build.cpu import fast_math, prefetch
 from codegen.build.cpu.attention import replace_kv_cache_kernels
 from codegen.build.cpu.half_precision import half_matmuls_in_float32
-from codegen.build.cpu.rules import QuantizedWeightMatmul, SingleRowReduction, WeightMatmul
+from codegen.build.cpu.quantized_decode import factor_quantized_decode
+from codegen.build.cpu.rules import (
+    FactoredQuantizedDecode,
+    QuantizedWeightMatmul,
+    SingleRowReduction,
+    WeightMatmul,
+)
 
 
 def relax_pipeline(target: Target, attention_window: int | None = None) -> tvm.transform.Pass:
@@ -51,11 +58,14 @@ def _widen_half_matmuls(target: Target) -> list[tvm.transform.Pass]:
 
 def _legalize_and_fuse(target: Target) -> list[tvm.transform.Pass]:
     legalize_map = {"relax.take": _take_clipped}
+    cpu_kernels = []
     if target.kind.name == "llvm":
         # LLVM has no vector exp/tanh/erf: on CPU, activations legalise to vectorisable approximations.
         legalize_map.update(fast_math.legalize_map())
+        cpu_kernels = cpu_kernel_rewrites()
     return [
         relax.transform.LegalizeOps(customize_legalize_map=legalize_map),
+        *cpu_kernels,
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
@@ -80,14 +90,30 @@ def schedule_passes(target: Target, attention_window: int | None = None) -> list
     return [replace_kv_cache_kernels(attention_window), schedule_cpu_kernels()]
 
 
+def cpu_kernel_rewrites() -> list[tvm.transform.Pass]:
+    """Kernels the CPU build replaces before fusion (the epilogue then fuses into the replacement)."""
+    return [factor_quantized_decode]
+
+
 def schedule_cpu_kernels() -> tvm.transform.Pass:
     """The CPU rules on every unscheduled kernel, then the prefetches they asked for."""
     return tvm.transform.Sequential([dlight.ApplyDefaultSchedule(*cpu_rules()), prefetch.insert_prefetches])
 
 
+def build_cpu_kernels() -> tvm.transform.Pass:
+    """What the CPU pipeline does to kernels compiled on their own (tests, bench/): replace, schedule."""
+    return tvm.transform.Sequential([*cpu_kernel_rewrites(), schedule_cpu_kernels()])
+
+
 def cpu_rules() -> list[dlight.ScheduleRule]:
     """Rules tried in order on each kernel; the first that matches schedules it."""
-    return [QuantizedWeightMatmul(), WeightMatmul(), SingleRowReduction(), dlight.cpu.Reduction()]
+    return [
+        FactoredQuantizedDecode(),
+        QuantizedWeightMatmul(),
+        WeightMatmul(),
+        SingleRowReduction(),
+        dlight.cpu.Reduction(),
+    ]
 
 
 def gpu_rules() -> list[dlight.ScheduleRule]:

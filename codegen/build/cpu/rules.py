@@ -16,7 +16,7 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 from tvm.target.codegen import llvm_cpu_has_features
 
-from codegen.build.cpu import prefetch
+from codegen.build.cpu import prefetch, quantized_decode
 
 # Weight rows computed together, each with one vector accumulator. More rows in flight help a
 # single-row GEMV hide memory latency; with many rows, 8 keeps the weight tile in L1 between rows.
@@ -496,25 +496,97 @@ def _schedule_unpacking_dots(sch, matmul, epilogue, cpu, m, n, k, unpacking, act
     vector_sums = _sum_vectors_first(sch, matmul, lanes, output_rank)
     task, m, n_inner, k_outer, k_inner = sch.get_loops(partial)
     code, word = sch.split(k_inner, [per_word, lanes])
-    # The few scales of one step's words, copied first to a stack array (ACCUMULATOR_SCOPE): read
-    # straight from the scales, each lane was a scalar load (TVM hoists the lane indices into a
-    # vector LLVM cannot see through); from the copy LLVM loads one vector and permutes it.
-    scales = sch.cache_read(partial, _read_index(sch, partial, unpacking.scales), ACCUMULATOR_SCOPE)
-    sch.compute_at(scales, k_outer)
-    scale_loop = sch.get_loops(scales)[-1]
-    # A step within one group copies a single scale: then the copy has no loop of its own.
-    if not sch.get(scale_loop).same_as(sch.get(k_outer)) and _extent(sch, scale_loop) > 1:
-        sch.vectorize(scale_loop)
+    _copy_step_scales(sch, partial, unpacking.scales, at=k_outer)
     vectors = _place_write_back(sch, matmul, vector_sums, epilogue, at=n_inner, row=m)
     prefetch.mark(sch, k_outer, unpacking.words, lanes)
 
-    sch.vectorize(word)
+    _finish_code_loops(sch, cpu, task, [word], code, [(partial, k_outer), (vector_sums, vectors)])
+    return sch
+
+
+def _finish_code_loops(sch, cpu: CPUShape, task, vectorised, code, reductions) -> None:
+    """The last steps of both decode schedules: vector lanes, codes unrolled, tasks on the threads,
+    then each (block, loop) reduction's init split off at its loop."""
+    for loop in vectorised:
+        sch.vectorize(loop)
     sch.unroll(code)
     if cpu.threads > 1:
         sch.parallel(task)
-    sch.decompose_reduction(partial, k_outer)
-    sch.decompose_reduction(vector_sums, vectors)
+    for block, loop in reductions:
+        sch.decompose_reduction(block, loop)
+
+
+class FactoredQuantizedDecode(ScheduleRule):
+    """The one-row quantized matmul as build/cpu/quantized_decode.py factors it, plus a fused epilogue.
+
+    Parallel tasks of TASK_ROWS weight rows. Each step reads a vector of `lanes` consecutive words of
+    a row; their codes are an unrolled chain of FMAs into one vector of word dots, which adds its
+    offsets and accumulates, times the scales, into the row's vector accumulator. The activation
+    terms are computed first, once per call. (Two rows side by side, two chains of FMAs in flight,
+    ran no faster for 4 bits and 1.5-2x slower cold for 8: bench/quantized_kernels.py, 2026-12-07.)
+    """
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
+        kernel = _llvm_kernel(func, target)
+        if kernel is None:
+            return None
+        sch, blocks, _ = kernel
+        names = [sch.get(b).name_hint for b in blocks]
+        if sorted(names[: len(quantized_decode.BLOCKS)]) != sorted(quantized_decode.BLOCKS):
+            return None
+        matmul = blocks[names.index(quantized_decode.MATMUL)]
+        word_dots = blocks[names.index(quantized_decode.WORD_DOTS)]
+        if not _inline_around(sch, blocks[names.index(quantized_decode.MATMUL) :], matmul):
+            return None
+        epilogue = _single_consumer(sch, matmul)
+        try:
+            return _schedule_factored_decode(sch, word_dots, matmul, epilogue, CPUShape.of(target))
+        except s_tir.ScheduleError:
+            return None
+
+
+def _schedule_factored_decode(sch, word_dots, matmul, epilogue, cpu: CPUShape):
+    *rows, n, w = sch.get_loops(matmul)
+    lanes = _largest_power_of_two_dividing(_extent(sch, w), cpu.lanes)
+    if lanes < MIN_LANES:
+        return None
+    m = _fused_rows(sch, matmul, rows)
+    task, n_inner = sch.split(n, [None, TASK_ROWS])
+    w_outer, lane = sch.split(w, [None, lanes])
+    sch.reorder(task, m, n_inner, w_outer, lane)
+    output_rank = len(sch.get(matmul).writes[0].source.shape)
+    partial = sch.rfactor(lane, factor_axis=output_rank)
+    sch.set_scope(partial, 0, ACCUMULATOR_SCOPE)
+    task, m, n_inner, w_outer, lane = sch.get_loops(partial)
+    sch.compute_at(word_dots, w_outer)
+    sch.set_scope(word_dots, 0, ACCUMULATOR_SCOPE)
+    dot_word, code = sch.get_loops(word_dots)[-2:]
+    sch.reorder(code, dot_word)
+    words = next(r.source for r in sch.get(word_dots).reads if r.source.dtype == "uint32")
+    dots = sch.get(word_dots).writes[0].source
+    scales = next(
+        r.source
+        for r in sch.get(partial).reads
+        if len(r.source.shape) == 2 and not r.source.same_as(dots)
+    )
+    _copy_step_scales(sch, partial, scales, at=w_outer)
+    _place_write_back(sch, matmul, None, epilogue, at=n_inner, row=m)
+    prefetch.mark(sch, w_outer, words, lanes)
+
+    _finish_code_loops(sch, cpu, task, [lane, dot_word], code, [(partial, w_outer), (word_dots, code)])
     return sch
+
+
+def _copy_step_scales(sch: s_tir.Schedule, block, scales: tirx.Buffer, at) -> None:
+    """The few scales of one step's words, copied first to a stack array (ACCUMULATOR_SCOPE): read
+    straight from the scales, each lane was a scalar load (TVM hoists the lane indices into a
+    vector LLVM cannot see through); from the copy LLVM loads one vector and permutes it."""
+    copy = sch.cache_read(block, _read_index(sch, block, scales), ACCUMULATOR_SCOPE)
+    sch.compute_at(copy, at)
+    loop = sch.get_loops(copy)[-1]
+    # A step within one group copies a single scale: then the copy has no loop of its own.
+    if not sch.get(loop).same_as(sch.get(at)) and _extent(sch, loop) > 1:
+        sch.vectorize(loop)
 
 
 def _read_index(sch: s_tir.Schedule, block, buffer: tirx.Buffer) -> int:

@@ -1,0 +1,169 @@
+"""The one-row quantized matmul of decode, refactored for the CPU: three vector ops per code, not six.
+
+The generated model's `dequantize_matmul` computes x[k] * ((code_k - max_code) * scale) per weight
+element: shift, mask, convert, subtract, scale and FMA, which made the q4 decode kernel compute-bound
+(slower than the float32 one with 8x the bytes). Summed word by word, with P codes per uint32 word w
+sharing one scale (a group spans whole words):
+
+    y[n] = sum_w scale[n, w] * (sum_j x[w*P + j] * code_j(q[n, w])  -  max_code * sum_j x[w*P + j])
+
+and code j read in place, q & (mask << bits*j) = code_j * 2^(bits*j) (exact in float32: at most
+8 significant bits), against x pre-scaled by 2^(-bits*j), each code costs a mask, a conversion and
+an FMA. The last code is shifted down instead: in place it would reach the sign bit, and the int32
+conversion is the one with a vector instruction. The activation terms (x pre-scaled, -max_code * the
+sum of each word's x) are computed once per call, in float32 whatever the model dtype (2^-28
+underflows in float16). The sums are reassociated, so results differ from the generated kernel's at
+float32 rounding (tests/test_quantized_kernels.py checks both against float64).
+
+Only the CPU build swaps kernels, and only one-row ones: dlight's GPU rules look for the generated
+kernel's `dequantize` block, and prefill unpacks panels of it for the GEMM (rules.QuantizedWeightMatmul).
+The blocks are named so that rules.FactoredQuantizedDecode finds them after fusion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tvm
+import tvm_ffi
+from tvm import te, tirx
+
+SCALED_ACTIVATIONS = "x_scaled"
+OFFSETS = "x_offsets"
+WORD_DOTS = "word_dots"
+MATMUL = "matmul"
+BLOCKS = (SCALED_ACTIVATIONS, OFFSETS, WORD_DOTS, MATMUL)
+_WORD_BITS = 32
+_WIDE = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Kernel:
+    """What the generated one-row kernel computes: x [1.., K] @ dequantize(q [N, K/P], s [N, G])^T."""
+
+    x: tirx.Buffer
+    words: tirx.Buffer
+    scales: tirx.Buffer
+    out: tirx.Buffer
+    max_code: float
+
+    @property
+    def codes_per_word(self) -> int:
+        return int(self.x.shape[-1]) // int(self.words.shape[1])
+
+    @property
+    def bits(self) -> int:
+        return _WORD_BITS // self.codes_per_word
+
+    @property
+    def words_per_group(self) -> int:
+        return int(self.words.shape[1]) // int(self.scales.shape[1])
+
+
+@tvm.transform.module_pass(opt_level=0, name="CodegenFactorQuantizedDecode")
+def factor_quantized_decode(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+    """Every one-row dequantize_matmul PrimFunc replaced by the factored kernel (same parameters)."""
+    for global_var, func in list(mod.functions.items()):
+        kernel = _one_row_quantized_matmul(func) if isinstance(func, tirx.PrimFunc) else None
+        if kernel is not None:
+            # create_prim_func names the function "main": an exported symbol FuseTIR would keep.
+            factored = _factored(kernel).without_attr("global_symbol")
+            for key, value in (func.attrs or {}).items():
+                factored = factored.with_attr(key, value)
+            mod[global_var] = factored
+    return mod
+
+
+def _one_row_quantized_matmul(func: tirx.PrimFunc) -> _Kernel | None:
+    """The kernel's operands if `func` is the generated dequantize_matmul for a single static row."""
+    if len(func.params) != 4:
+        return None
+    x, words, scales, out = func.params
+    static = all(isinstance(d, tirx.IntImm) for b in (x, words, scales, out) for d in b.shape)
+    if not static or words.dtype != "uint32" or len(words.shape) != 2 or len(scales.shape) != 2:
+        return None
+    if any(int(d) != 1 for b in (x, out) for d in b.shape[:-1]) or len(x.shape) != len(out.shape):
+        return None
+    k, (n, word_count), group_count = int(x.shape[-1]), (int(d) for d in words.shape), int(scales.shape[1])
+    if int(out.shape[-1]) != n or int(scales.shape[0]) != n or k % word_count or word_count % group_count:
+        return None
+    per_word = k // word_count
+    if per_word < 2 or _WORD_BITS % per_word:
+        return None
+    blocks = _block_names(func)
+    if blocks != ["dequantize", MATMUL]:
+        return None
+    max_code = _subtracted_constant(func)
+    return None if max_code is None else _Kernel(x, words, scales, out, max_code)
+
+
+def _block_names(func: tirx.PrimFunc) -> list[str]:
+    names = []
+    tvm_ffi.structural_walk(func.body, [(tvm.s_tir.SBlock, lambda b: names.append(b.name_hint))])
+    return [name for name in names if name != "root"]
+
+
+def _subtracted_constant(func: tirx.PrimFunc) -> float | None:
+    """max_code, from the dequantize's (code - max_code): the one constant the kernel subtracts."""
+    constants = []
+
+    def visit(sub: tirx.Sub) -> None:
+        if isinstance(sub.b, tirx.FloatImm):
+            constants.append(float(sub.b.value))
+
+    tvm_ffi.structural_walk(func.body, [(tirx.Sub, visit)])
+    return constants[0] if len(set(constants)) == 1 else None
+
+
+def _factored(kernel: _Kernel) -> tirx.PrimFunc:
+    x, words, scales = (
+        te.placeholder(b.shape, b.dtype, name=b.name) for b in (kernel.x, kernel.words, kernel.scales)
+    )
+    per_word, bits = kernel.codes_per_word, kernel.bits
+    n, word_count = words.shape
+    rows = [tirx.IntImm("int64", 0)] * (len(x.shape) - 1)
+
+    def activation(w, j):
+        return x[(*rows, w * per_word + j)].astype(_WIDE)
+
+    def in_place_factor(j):
+        """2^(-bits*j) for the codes read in place, 1 for the last (shifted down)."""
+        factor = tirx.const(1.0, _WIDE)
+        for code in range(per_word - 2, 0, -1):
+            factor = tirx.Select(j == code, tirx.const(2.0 ** (-bits * code), _WIDE), factor)
+        return factor
+
+    scaled = te.compute(
+        (per_word, word_count), lambda j, w: activation(w, j) * in_place_factor(j), name=SCALED_ACTIVATIONS
+    )
+    j = te.reduce_axis((0, per_word), name="j")
+    minus_max_code = tirx.const(-kernel.max_code, _WIDE)
+    offsets = te.compute(
+        (word_count,), lambda w: te.sum(activation(w, j) * minus_max_code, axis=j), name=OFFSETS
+    )
+
+    def code_in_place(word, j):
+        mask = tirx.const((1 << bits) - 1, "uint32")
+        last = tirx.const(bits * (per_word - 1), "uint32")
+        code = tirx.if_then_else(j < per_word - 1, word & (mask << (j * bits).astype("uint32")), word >> last)
+        return code.astype("int32").astype(_WIDE)
+
+    j = te.reduce_axis((0, per_word), name="j")
+    word_dots = te.compute(
+        (n, word_count),
+        lambda row, w: te.sum(scaled[j, w] * code_in_place(words[row, w], j), axis=j),
+        name=WORD_DOTS,
+    )
+    w = te.reduce_axis((0, word_count), name="w")
+    group = kernel.words_per_group
+
+    out = te.compute(
+        kernel.out.shape,
+        lambda *index: te.sum(
+            (word_dots[index[-1], w] + offsets[w]) * scales[index[-1], w // group].astype(_WIDE), axis=w
+        ),
+        name=MATMUL,
+    )
+    if kernel.out.dtype != _WIDE:
+        out = te.compute(out.shape, lambda *index: out[index].astype(kernel.out.dtype), name="cast")
+    return te.create_prim_func([x, words, scales, out], index_dtype_override="int64")
