@@ -2,7 +2,7 @@
 
 Each kernel is built alone from the TE the generated models emit (generated/gpt_bigcode/model.py's
 `_dequantize_matmul` for the quantized ones), scheduled by the CPU pipeline's rules
-(`codegen.build.pipeline.schedule_cpu_kernels`) and compiled for this machine. Decode multiplies one activation
+(`codegen.build.pipeline.build_cpu_kernels`: one-row quantized kernels factored, then scheduled) and compiled for this machine. Decode multiplies one activation
 row, prefill `--rows` rows through a symbolic sequence length, as in the exported model. Repetitions
 interleave all kernels of a shape, so load from other processes hits them alike; medians are
 printed.
@@ -89,11 +89,11 @@ def build(func, target):
     """Schedule with the CPU pipeline's rules and compile; the runtime module."""
     import tvm
 
-    from codegen.build.pipeline import schedule_cpu_kernels
+    from codegen.build.pipeline import build_cpu_kernels
 
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     with target:
-        mod = schedule_cpu_kernels()(mod)
+        mod = build_cpu_kernels()(mod)
         if not mod["main"].attrs.get("tirx.is_scheduled"):
             raise SystemExit("a kernel was left unscheduled")
         return tvm.compile(mod, target=target).mod
