@@ -116,18 +116,20 @@ def test_scheduled_model_matches_transformers(artifacts, tmp_path):
     assert max_abs_diff(together[second], expected[len(prompt)]) <= FLOAT32_TOLERANCE
 
 
-def _prefill_linear(epilogue: bool) -> tuple[tvm.IRModule, Target]:
-    """One nn.Linear over a sequence-length dimension: the prefill GEMM kernel, with or without bias."""
+def _prefill_linear(epilogue: bool, in_features: int = 64) -> tuple[tvm.IRModule, Target]:
+    """One nn.Linear to 96 outputs over a sequence-length dimension: the prefill GEMM kernel, with
+    or without bias."""
     from tvm.relax.frontend import nn
 
     class Linear(nn.Module):
         def __init__(self):
-            self.proj = nn.Linear(64, 96, bias=epilogue)
+            self.proj = nn.Linear(in_features, 96, bias=epilogue)
 
         def forward(self, x):
             return self.proj(x)
 
-    mod, _ = Linear().export_tvm({"forward": {"x": nn.spec.Tensor([1, "seq_len", 64], "float32")}})
+    x_spec = nn.spec.Tensor([1, "seq_len", in_features], "float32")
+    mod, _ = Linear().export_tvm({"forward": {"x": x_spec}})
     return mod, BuildOptions(target="llvm", num_threads=2).tvm_target()
 
 
@@ -233,6 +235,36 @@ def test_prefill_gemm_matches_numpy_for_every_row_remainder(epilogue):
         out = vm["forward"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(p) for p in params]).numpy()
         expected = x @ params[0].T + (params[1] if epilogue else 0)
         assert np.abs(out - expected).max() <= 1e-4, rows
+
+
+@pytest.mark.parametrize("in_features, gathered", [(64, True), (4096, False)])
+def test_prefill_gemm_packs_short_panels_by_gathering(in_features, gathered):
+    """A panel of 32 weight rows of 64 floats is packed one vector of 32 rows per k; one of 4096
+    floats per row (512 KiB, over GATHERED_PANEL_BYTES) a block of PACK_BLOCK values per row at a
+    time. Both match numpy."""
+    import numpy as np
+    from tvm import relax
+
+    from codegen.build.cpu.rules import GATHERED_PANEL_BYTES, PACK_BLOCK
+
+    assert (32 * in_features * 4 <= GATHERED_PANEL_BYTES) == gathered
+    mod, target = _prefill_linear(False, in_features)
+    with target:
+        lowered = pipeline.relax_pipeline(target)(mod)
+    [gemm] = [f for name, f in _prim_funcs(lowered).items() if "matmul" in name]
+    sch = s_tir.Schedule(gemm)
+    pack_loop = sch.get(sch.get_loops(sch.get_sblock("proj.weight_global"))[-1])
+    if gathered:
+        assert pack_loop.kind == tirx.ForKind.VECTORIZED and int(pack_loop.extent) == 32
+    else:
+        assert pack_loop.kind == tirx.ForKind.SERIAL and int(pack_loop.extent) == PACK_BLOCK
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target, relax_pipeline=pipeline.relax_pipeline(target)), tvm.cpu())
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((96, in_features), dtype=np.float32)
+    x = rng.standard_normal((1, 13, in_features), dtype=np.float32)
+    out = vm["forward"](tvm.runtime.tensor(x), tvm.runtime.tensor(weight)).numpy()
+    expected = x.astype(np.float64) @ weight.T.astype(np.float64)
+    assert np.abs(out - expected).max() <= 1e-5 * np.abs(expected).max()
 
 
 def _linear_768_to_64(dtype: str, rows) -> tuple[tvm.IRModule, Target]:
