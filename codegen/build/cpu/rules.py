@@ -23,14 +23,16 @@ from codegen.build.cpu import prefetch, quantized_decode
 WEIGHT_TILE = 8
 SINGLE_ROW_WEIGHT_TILE = 16
 # Many rows (prefill): GEMM_MR rows x GEMM_VECTORS vectors of outputs as register accumulators;
-# weights packed k-major in blocks of PACK_BLOCK along k. Twelve independent accumulators cover
+# weights packed k-major (see PACK_BLOCK below). Twelve independent accumulators cover
 # the FMA latency x throughput of two FMA ports; 4 x 1 left them idle (measured: bench/README.md).
 GEMM_MR = 6
 GEMM_VECTORS = 2
-PACK_BLOCK = 16
-# A float weight panel whose NV source rows span at most this many bytes is packed by gathering one
-# value per row per k into vector stores, and otherwise a block of PACK_BLOCK values per row at a
-# time (AVX-512, 32 rows: K=768 prefill GEMMs ran 20-25% faster gathered, K=3072 ones 4-7% slower).
+# A float weight panel whose NV source rows span at most GATHERED_PANEL_BYTES is packed by gathering
+# one value per row per k into vector stores, a longer one PACK_BLOCK values of a row at a time.
+# AVX-512, 2 threads, 128 rows, caches flushed before each call: K=768 GEMMs ran 5-9% faster
+# gathered than in blocks; K=3072 ones 17% faster in blocks of 64 (or 128) than of 16 or 32, and
+# (caches warm) 4-7% slower gathered than in blocks of 16.
+PACK_BLOCK = 64
 GATHERED_PANEL_BYTES = 128 << 10
 # Decode (one activation row): each weight row a dot product with ROW_DOT_VECTORS vector
 # accumulators; fewer accumulators keep more bytes in flight per row (measured: bench/README.md).
@@ -316,7 +318,7 @@ def _schedule_gemm(sch, matmul, epilogue, cpu, m, n, k, lanes, n_extent, unpacki
         sch.reorder(pack_k, pack_n)
         sch.vectorize(pack_n)
     elif unpacking is None:
-        # Pack in blocks of PACK_BLOCK along k: each weight row's cache line is read whole at once.
+        # Pack in blocks of PACK_BLOCK along k: a few cache lines of each weight row at a time.
         pack_k_outer, pack_k_inner = sch.split(pack_k, [None, _largest_power_of_two_dividing(_extent(sch, pack_k), PACK_BLOCK)])
         sch.reorder(pack_k_outer, pack_n, pack_k_inner)
     else:
