@@ -1,5 +1,5 @@
 """CPU kernels of the group-quantized linear layer (the generated dequantize_matmul; in decode
-factored by codegen/build/cpu/quantized_decode.py, scheduled by FactoredQuantizedDecode, in prefill
+factored by codegen/build/cpu/quantized_matmul.py, scheduled by FactoredQuantizedDecode, in prefill
 by QuantizedWeightMatmul, both in codegen/build/cpu/rules.py): they match numpy, and they are the
 schedules meant: decode reads the codes in place from word vectors, prefill unpacks one panel of
 weight rows for all activation rows."""
@@ -17,7 +17,7 @@ from tvm.relax.frontend.nn import op
 
 from codegen.build import pipeline
 from codegen.build.compile import BuildOptions
-from codegen.build.cpu import prefetch, quantized_decode
+from codegen.build.cpu import prefetch, quantized_matmul
 from codegen.build.cpu.rules import GEMM_MR, GEMM_VECTORS, MIN_LANES, TASK_ROWS, CPUShape
 from generated.gpt_bigcode.model import GroupQuantization, QuantizedLinear, _dequantize_matmul
 
@@ -114,7 +114,7 @@ def test_float16_decode_kernel_matches_numpy(bits):
     (float16's 2^-11 relative rounding of the largest output bounds the error)."""
     n, k = 96, 768
     scheduled, _, library = _build(_kernel(bits, n, k, 1, "float16"))
-    assert f'T.sblock("{quantized_decode.WORD_DOTS}_update")' in scheduled.script()
+    assert f'T.sblock("{quantized_matmul.WORD_DOTS}_update")' in scheduled.script()
     rng = np.random.default_rng(bits)
     words, scales, weight = _random_quantized(bits, n, k, rng, np.float16)
     x = rng.standard_normal((1, 1, k)).astype(np.float16)
@@ -141,6 +141,29 @@ def test_prefill_kernel_matches_numpy_for_every_row_remainder(bits, n, k):
     for rows in range(1, 3 * GEMM_MR + 2):
         x = rng.standard_normal((1, rows, k), dtype=np.float32)
         assert _relative_error(_run(library, x, words, scales, n), x @ weight.T) <= TOLERANCE, rows
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_float16_prefill_kernel_sums_in_float32(bits):
+    """q4f16_1 / q8f16_1 prefill: the GEMM multiplies float32 operands (an unpacked panel and the
+    activations widened once; the generated kernel summed in float16, 6-8x slower on this CPU) and
+    rounds to float16 once, so float16's 2^-11 rounding of the largest output bounds the error."""
+    n, k = 96, 768
+    scheduled, _, library = _build(_kernel(bits, n, k, SEQ_LEN, "float16"))
+    updates = []
+    tvm_ffi.structural_walk(
+        scheduled.body,
+        [(tvm.s_tir.SBlock, lambda b: updates.append(b) if b.name_hint == "matmul_update" else None)],
+    )
+    [update] = updates
+    assert {str(region.source.dtype) for region in update.reads} == {"float32"}
+    rng = np.random.default_rng(bits)
+    words, scales, weight = _random_quantized(bits, n, k, rng, np.float16)
+    for rows in (1, 2 * GEMM_MR + 1):
+        x = rng.standard_normal((1, rows, k)).astype(np.float16)
+        expected = x.astype(np.float64) @ weight.T
+        actual = _run(library, x, words, scales, n).astype(np.float64)
+        assert _relative_error(actual, expected) <= 2**-10, rows
 
 
 # ------------------------------------------------------------------------ what the schedule is
@@ -235,9 +258,9 @@ def test_decode_sums_codes_per_word_from_contiguous_word_vectors(bits):
     assert all(_elements(b) < n * k for b in _allocations(vectorised))
     word_loads = _loads(vectorised, "q_weight")
     assert word_loads and all(_is_contiguous_vector(index) for index in word_loads), word_loads
-    [word_dots] = [b for b in _allocations(vectorised) if b.name == quantized_decode.WORD_DOTS]
+    [word_dots] = [b for b in _allocations(vectorised) if b.name == quantized_matmul.WORD_DOTS]
     assert _elements(word_dots) == CPUShape.of(TARGET).lanes
-    dot_stores = _stores(vectorised, quantized_decode.WORD_DOTS)
+    dot_stores = _stores(vectorised, quantized_matmul.WORD_DOTS)
     assert dot_stores and all(_is_contiguous_vector(index) for index in dot_stores), dot_stores
     assert {tirx.ForKind.PARALLEL, tirx.ForKind.UNROLLED} <= _loop_kinds(vectorised)
 

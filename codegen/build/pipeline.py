@@ -4,9 +4,9 @@ Both targets run TVM's own backend passes around the same core: keep nn.Linear a
 transposed-weight matmul, legalise and fuse, then schedule every fused kernel with dlight-style rules
 (ours for CPU matmuls and single-row norms, dlight's for the rest and for CUDA). CPU builds also
 legalise activations to vectorisable approximations (build/cpu/fast_math.py), compute 16-bit
-matmuls in float32 (build/cpu/half_precision.py), factor the one-row quantized matmuls of decode
-(build/cpu/quantized_decode.py) and swap the KV cache's scalar attention kernels for threaded,
-vectorised ones (build/cpu/attention.py).
+matmuls in float32 (build/cpu/half_precision.py), rewrite the quantized matmuls (factored for
+decode, in float32 for 16 bits: build/cpu/quantized_matmul.py) and swap the KV cache's scalar
+attention kernels for threaded, vectorised ones (build/cpu/attention.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tvm.target import Target
 from codegen.build.cpu import fast_math, prefetch
 from codegen.build.cpu.attention import replace_kv_cache_kernels
 from codegen.build.cpu.half_precision import half_matmuls_in_float32
-from codegen.build.cpu.quantized_decode import factor_quantized_decode
+from codegen.build.cpu.quantized_matmul import rewrite_quantized_matmuls
 from codegen.build.cpu.rules import (
     FactoredQuantizedDecode,
     QuantizedWeightMatmul,
@@ -92,7 +92,7 @@ def schedule_passes(target: Target, attention_window: int | None = None) -> list
 
 def cpu_kernel_rewrites() -> list[tvm.transform.Pass]:
     """Kernels the CPU build replaces before fusion (the epilogue then fuses into the replacement)."""
-    return [factor_quantized_decode]
+    return [rewrite_quantized_matmuls]
 
 
 def schedule_cpu_kernels() -> tvm.transform.Pass:

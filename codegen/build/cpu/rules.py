@@ -16,7 +16,7 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 from tvm.target.codegen import llvm_cpu_has_features
 
-from codegen.build.cpu import prefetch, quantized_decode
+from codegen.build.cpu import prefetch, quantized_matmul
 
 # Weight rows computed together, each with one vector accumulator. More rows in flight help a
 # single-row GEMV hide memory latency; with many rows, 8 keeps the weight tile in L1 between rows.
@@ -528,7 +528,7 @@ def _finish_code_loops(sch, cpu: CPUShape, task, vectorised, code, reductions) -
 
 
 class FactoredQuantizedDecode(ScheduleRule):
-    """The one-row quantized matmul as build/cpu/quantized_decode.py factors it, plus a fused epilogue.
+    """The one-row quantized matmul as build/cpu/quantized_matmul.py factors it, plus a fused epilogue.
 
     Parallel tasks of TASK_ROWS weight rows. Each step reads a vector of `lanes` consecutive words of
     a row; their codes are an unrolled chain of FMAs into one vector of word dots, which adds its
@@ -543,11 +543,11 @@ class FactoredQuantizedDecode(ScheduleRule):
             return None
         sch, blocks, _ = kernel
         names = [sch.get(b).name_hint for b in blocks]
-        if sorted(names[: len(quantized_decode.BLOCKS)]) != sorted(quantized_decode.BLOCKS):
+        if sorted(names[: len(quantized_matmul.BLOCKS)]) != sorted(quantized_matmul.BLOCKS):
             return None
-        matmul = blocks[names.index(quantized_decode.MATMUL)]
-        word_dots = blocks[names.index(quantized_decode.WORD_DOTS)]
-        if not _inline_around(sch, blocks[names.index(quantized_decode.MATMUL) :], matmul):
+        matmul = blocks[names.index(quantized_matmul.MATMUL)]
+        word_dots = blocks[names.index(quantized_matmul.WORD_DOTS)]
+        if not _inline_around(sch, blocks[names.index(quantized_matmul.MATMUL) :], matmul):
             return None
         epilogue = _single_consumer(sch, matmul)
         try:

@@ -1,9 +1,9 @@
-"""The one-row quantized matmul of decode, refactored for the CPU: three vector ops per code, not six.
+"""The generated quantized matmul, rewritten for the CPU: factored for decode, widened for 16 bits.
 
-The generated model's `dequantize_matmul` computes x[k] * ((code_k - max_code) * scale) per weight
-element: shift, mask, convert, subtract, scale and FMA, which made the q4 decode kernel compute-bound
-(slower than the float32 one with 8x the bytes). Summed word by word, with P codes per uint32 word w
-sharing one scale (a group spans whole words):
+Decode (one activation row). The generated model's `dequantize_matmul` computes
+x[k] * ((code_k - max_code) * scale) per weight element: shift, mask, convert, subtract, scale and
+FMA, which made the q4 decode kernel compute-bound (slower than the float32 one with 8x the bytes).
+Summed word by word, with P codes per uint32 word w sharing one scale (a group spans whole words):
 
     y[n] = sum_w scale[n, w] * (sum_j x[w*P + j] * code_j(q[n, w])  -  max_code * sum_j x[w*P + j])
 
@@ -15,9 +15,14 @@ sum of each word's x) are computed once per call, in float32 whatever the model 
 underflows in float16). The sums are reassociated, so results differ from the generated kernel's at
 float32 rounding (tests/test_quantized_kernels.py checks both against float64).
 
-Only the CPU build swaps kernels, and only one-row ones: dlight's GPU rules look for the generated
-kernel's `dequantize` block, and prefill unpacks panels of it for the GEMM (rules.QuantizedWeightMatmul).
-The blocks are named so that rules.FactoredQuantizedDecode finds them after fusion.
+Prefill (many rows) in a 16-bit scheme (q4f16_1, ...): the generated kernel unpacks and sums in
+float16, which x86 without AVX512-FP16 computes in float32 and rounds after every operation (6-8x
+slower than float32, as build/cpu/half_precision.py explains for the plain matmuls). It is swapped
+for the same kernel with a float32 weight and float32 sums, cast once at the end; the GEMM rule
+(rules.QuantizedWeightMatmul) then widens the activations once and unpacks panels as for float32.
+
+Only the CPU build swaps kernels: dlight's GPU rules look for the generated kernel's blocks. The
+blocks are named so that the rules in rules.py find them after fusion.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import dataclasses
 import tvm
 import tvm_ffi
 from tvm import te, tirx
+from tvm.tirx.buffer import is_buffer_var
 
 SCALED_ACTIVATIONS = "x_scaled"
 OFFSETS = "x_offsets"
@@ -39,7 +45,7 @@ _WIDE = "float32"
 
 @dataclasses.dataclass(frozen=True)
 class _Kernel:
-    """What the generated one-row kernel computes: x [1.., K] @ dequantize(q [N, K/P], s [N, G])^T."""
+    """What the generated kernel computes: x [.., K] @ dequantize(q [N, K/P], s [N, G])^T."""
 
     x: tirx.Buffer
     words: tirx.Buffer
@@ -59,30 +65,37 @@ class _Kernel:
     def words_per_group(self) -> int:
         return int(self.words.shape[1]) // int(self.scales.shape[1])
 
+    @property
+    def one_row(self) -> bool:
+        return all(isinstance(d, tirx.IntImm) and int(d) == 1 for d in self.x.shape[:-1])
 
-@tvm.transform.module_pass(opt_level=0, name="CodegenFactorQuantizedDecode")
-def factor_quantized_decode(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-    """Every one-row dequantize_matmul PrimFunc replaced by the factored kernel (same parameters)."""
+
+@tvm.transform.module_pass(opt_level=0, name="CodegenRewriteQuantizedMatmuls")
+def rewrite_quantized_matmuls(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+    """Each generated dequantize_matmul PrimFunc of one static row replaced by the factored kernel,
+    each other 16-bit one by the same kernel computed in float32 (same parameters)."""
     for global_var, func in list(mod.functions.items()):
-        kernel = _one_row_quantized_matmul(func) if isinstance(func, tirx.PrimFunc) else None
-        if kernel is not None:
-            # create_prim_func names the function "main": an exported symbol FuseTIR would keep.
-            factored = _factored(kernel).without_attr("global_symbol")
-            for key, value in (func.attrs or {}).items():
-                factored = factored.with_attr(key, value)
-            mod[global_var] = factored
+        kernel = _generated_quantized_matmul(func) if isinstance(func, tirx.PrimFunc) else None
+        if kernel is None or not (kernel.one_row or kernel.out.dtype != _WIDE):
+            continue
+        replacement = _factored(kernel) if kernel.one_row else _widened(kernel)
+        # create_prim_func names the function "main": an exported symbol FuseTIR would keep.
+        replacement = replacement.without_attr("global_symbol")
+        for key, value in (func.attrs or {}).items():
+            replacement = replacement.with_attr(key, value)
+        mod[global_var] = replacement
     return mod
 
 
-def _one_row_quantized_matmul(func: tirx.PrimFunc) -> _Kernel | None:
-    """The kernel's operands if `func` is the generated dequantize_matmul for a single static row."""
-    if len(func.params) != 4:
+def _generated_quantized_matmul(func: tirx.PrimFunc) -> _Kernel | None:
+    """The kernel's operands if `func` is the generated dequantize_matmul (rows may be symbolic)."""
+    if len(func.params) != 4 or not all(is_buffer_var(p) for p in func.params):
         return None
     x, words, scales, out = func.params
-    static = all(isinstance(d, tirx.IntImm) for b in (x, words, scales, out) for d in b.shape)
+    static = all(isinstance(d, tirx.IntImm) for b in (words, scales) for d in b.shape)
     if not static or words.dtype != "uint32" or len(words.shape) != 2 or len(scales.shape) != 2:
         return None
-    if any(int(d) != 1 for b in (x, out) for d in b.shape[:-1]) or len(x.shape) != len(out.shape):
+    if len(x.shape) != len(out.shape) or not all(isinstance(b.shape[-1], tirx.IntImm) for b in (x, out)):
         return None
     k, (n, word_count), group_count = int(x.shape[-1]), (int(d) for d in words.shape), int(scales.shape[1])
     if int(out.shape[-1]) != n or int(scales.shape[0]) != n or k % word_count or word_count % group_count:
@@ -166,4 +179,28 @@ def _factored(kernel: _Kernel) -> tirx.PrimFunc:
     )
     if kernel.out.dtype != _WIDE:
         out = te.compute(out.shape, lambda *index: out[index].astype(kernel.out.dtype), name="cast")
+    return te.create_prim_func([x, words, scales, out], index_dtype_override="int64")
+
+
+def _widened(kernel: _Kernel) -> tirx.PrimFunc:
+    """The generated kernel with its weight unpacked and its sums in float32, rounded once at the end."""
+    x, words, scales = (
+        te.placeholder(b.shape, b.dtype, name=b.name) for b in (kernel.x, kernel.words, kernel.scales)
+    )
+    per_word, bits, group = kernel.codes_per_word, kernel.bits, kernel.words_per_group * kernel.codes_per_word
+    mask, max_code = tirx.const((1 << bits) - 1, "uint32"), tirx.const(kernel.max_code, _WIDE)
+
+    def weight(row, col):
+        code = (words[row, col // per_word] >> ((col % per_word) * bits).astype("uint32")) & mask
+        return (code.astype(_WIDE) - max_code) * scales[row, col // group].astype(_WIDE)
+
+    k = int(kernel.x.shape[-1])
+    unpacked = te.compute((words.shape[0], k), weight, name="dequantize")
+    reduce = te.reduce_axis((0, k), name="k")
+    wide = te.compute(
+        kernel.out.shape,
+        lambda *index: te.sum(x[(*index[:-1], reduce)].astype(_WIDE) * unpacked[index[-1], reduce], axis=reduce),
+        name=MATMUL,
+    )
+    out = te.compute(wide.shape, lambda *index: wide[index].astype(kernel.out.dtype), name="cast")
     return te.create_prim_func([x, words, scales, out], index_dtype_override="int64")
