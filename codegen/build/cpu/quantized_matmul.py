@@ -129,9 +129,7 @@ def _subtracted_constant(func: tirx.PrimFunc) -> float | None:
 
 
 def _factored(kernel: _Kernel) -> tirx.PrimFunc:
-    x, words, scales = (
-        te.placeholder(b.shape, b.dtype, name=b.name) for b in (kernel.x, kernel.words, kernel.scales)
-    )
+    x, words, scales = _operands(kernel)
     per_word, bits = kernel.codes_per_word, kernel.bits
     n, word_count = words.shape
     rows = [tirx.IntImm("int64", 0)] * (len(x.shape) - 1)
@@ -177,16 +175,12 @@ def _factored(kernel: _Kernel) -> tirx.PrimFunc:
         ),
         name=MATMUL,
     )
-    if kernel.out.dtype != _WIDE:
-        out = te.compute(out.shape, lambda *index: out[index].astype(kernel.out.dtype), name="cast")
-    return te.create_prim_func([x, words, scales, out], index_dtype_override="int64")
+    return _prim_func(kernel, x, words, scales, out)
 
 
 def _widened(kernel: _Kernel) -> tirx.PrimFunc:
     """The generated kernel with its weight unpacked and its sums in float32, rounded once at the end."""
-    x, words, scales = (
-        te.placeholder(b.shape, b.dtype, name=b.name) for b in (kernel.x, kernel.words, kernel.scales)
-    )
+    x, words, scales = _operands(kernel)
     per_word, bits, group = kernel.codes_per_word, kernel.bits, kernel.words_per_group * kernel.codes_per_word
     mask, max_code = tirx.const((1 << bits) - 1, "uint32"), tirx.const(kernel.max_code, _WIDE)
 
@@ -197,10 +191,21 @@ def _widened(kernel: _Kernel) -> tirx.PrimFunc:
     k = int(kernel.x.shape[-1])
     unpacked = te.compute((words.shape[0], k), weight, name="dequantize")
     reduce = te.reduce_axis((0, k), name="k")
-    wide = te.compute(
+    out = te.compute(
         kernel.out.shape,
         lambda *index: te.sum(x[(*index[:-1], reduce)].astype(_WIDE) * unpacked[index[-1], reduce], axis=reduce),
         name=MATMUL,
     )
-    out = te.compute(wide.shape, lambda *index: wide[index].astype(kernel.out.dtype), name="cast")
+    return _prim_func(kernel, x, words, scales, out)
+
+
+def _operands(kernel: _Kernel) -> tuple[te.Tensor, te.Tensor, te.Tensor]:
+    return tuple(te.placeholder(b.shape, b.dtype, name=b.name) for b in (kernel.x, kernel.words, kernel.scales))
+
+
+def _prim_func(kernel: _Kernel, x, words, scales, out: te.Tensor) -> tirx.PrimFunc:
+    """The replacement kernel, its float32 result cast to the generated kernel's output type."""
+    if kernel.out.dtype != _WIDE:
+        wide = out
+        out = te.compute(wide.shape, lambda *index: wide[index].astype(kernel.out.dtype), name="cast")
     return te.create_prim_func([x, words, scales, out], index_dtype_override="int64")
