@@ -76,9 +76,14 @@ def rewrite_quantized_matmuls(mod: tvm.IRModule, _ctx: tvm.transform.PassContext
     each other 16-bit one by the same kernel computed in float32 (same parameters)."""
     for global_var, func in list(mod.functions.items()):
         kernel = _generated_quantized_matmul(func) if isinstance(func, tirx.PrimFunc) else None
-        if kernel is None or not (kernel.one_row or kernel.out.dtype != _WIDE):
+        if kernel is None:
             continue
-        replacement = _factored(kernel) if kernel.one_row else _widened(kernel)
+        if kernel.one_row:
+            replacement = _factored(kernel)
+        elif kernel.out.dtype != _WIDE:
+            replacement = _widened(kernel)
+        else:  # float32 prefill: the GEMM rule unpacks the generated kernel's panels as they are
+            continue
         # create_prim_func names the function "main": an exported symbol FuseTIR would keep.
         replacement = replacement.without_attr("global_symbol")
         for key, value in (func.attrs or {}).items():
