@@ -354,14 +354,14 @@ def test_non_finite_weights_are_refused(model, model_dir, out, bad):
 def test_values_that_overflow_the_target_dtype_are_refused(model, model_dir, out, dtype, largest):
     """float64 1e6 -> float16 was inf with only numpy's RuntimeWarning; now an error, and no warning."""
     arrays = {k: v.astype("float64") for k, v in tensors(model_dir).items()}
-    arrays["transformer.ln_f.weight"][:2] = 1e6 if dtype == "float16" else 1e300
+    arrays["transformer.h.0.attn.c_proj.bias"][:2] = 1e6 if dtype == "float16" else 1e300
     save_tensors(model_dir, arrays)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(CheckpointError) as info:
             weights.convert(model, model_dir, out, dtype=dtype, progress=False)
     assert str(info.value).startswith(
-        f"{model_dir / 'model.safetensors'}: tensor 'transformer.ln_f.weight' has 2 values (of 32) beyond the range of"
+        f"{model_dir / 'model.safetensors'}: tensor 'transformer.h.0.attn.c_proj.bias' has 2 values (of 32) beyond the range of"
         f" {dtype} (largest {largest}): convert with a wider --dtype"
     )
     assert_no_partial_cache(out)

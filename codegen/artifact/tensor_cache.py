@@ -28,7 +28,6 @@ SHARD_PREFIX = "params_shard_"
 DEFAULT_SHARD_BYTES = 32 << 20
 _READ_CHUNK = 16 << 20
 
-# numpy has no bfloat16 of its own; ml_dtypes provides it.
 # numpy has no bfloat16 of its own (ml_dtypes has); uint32 holds quantized codes.
 _NUMPY_DTYPES = {
     name: np.dtype(ml_dtypes.bfloat16 if name == "bfloat16" else name) for name in ("float32", "float16", "bfloat16", "uint32")

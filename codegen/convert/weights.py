@@ -106,9 +106,8 @@ def _mapped_tensors(
     model: GeneratedModel, config: Any, checkpoint: Checkpoint, scheme: Scheme, allow_non_finite: bool
 ) -> tuple[int, Iterator[tuple[str, np.ndarray, str]]]:
     """Check the checkpoint's names against the model (before the model is built), then yield each
-    parameter lazily, cast to the model's dtype and checked, or quantized: (count, tensors)."""
-    dtype = scheme.model_dtype
-    target = tensor_cache.numpy_dtype(dtype)
+    parameter lazily, cast to the dtype the model declares for it (norms keep float32) and checked,
+    or quantized: (count, tensors)."""
     sources, stored_as = _match(model, config, checkpoint)
     specs = parameter_specs(model, config, scheme)
     pairs = {name: _quantized_pair(name, specs) for name in sources}
@@ -129,9 +128,10 @@ def _mapped_tensors(
                 raise CheckpointError(f"{names}: shape {list(array.shape)} does not fit parameter {name} {list(shape)}")
             where = f"{checkpoint.location}: tensor {' + '.join(map(shown, source.hf_names))}"
             if pairs[name] is None:
-                yield name, _cast(array, target, dtype, where, allow_non_finite), dtype
+                dtype = specs[name][1]
+                yield name, _cast(array, dtype, where, allow_non_finite), dtype
                 continue
-            q_weight, q_scale = quantize(_cast(array, np.dtype("float32"), "float32", where, allow_non_finite), scheme)
+            q_weight, q_scale = quantize(_cast(array, "float32", where, allow_non_finite), scheme)
             yield pairs[name][0], q_weight, specs[pairs[name][0]][1]
             yield pairs[name][1], q_scale, specs[pairs[name][1]][1]
 
@@ -183,8 +183,9 @@ def _some(names: set[str]) -> str:
     return f"{len(names):,} {noun}{', e.g. ' if len(names) > len(first) else ': '}{', '.join(map(shown, first))}"
 
 
-def _cast(array: np.ndarray, target: np.dtype, dtype: str, where: str, allow_non_finite: bool) -> np.ndarray:
-    """array as target; refuses NaN and infinity, and finite values that the cast turns into infinity."""
+def _cast(array: np.ndarray, dtype: str, where: str, allow_non_finite: bool) -> np.ndarray:
+    """array as dtype; refuses NaN and infinity, and finite values that the cast turns into infinity."""
+    target = tensor_cache.numpy_dtype(dtype)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, with the tensor's name
         cast = array.astype(target)
     if allow_non_finite or np.isfinite(cast).all():

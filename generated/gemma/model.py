@@ -400,20 +400,25 @@ class GemmaConfig:
 
 
 class GemmaNorm(nn.Module):
-    """RMSNorm scaled by (1 + weight), computed in float32 for 16-bit models (TVM's kernel has no bfloat16 form)."""
+    """RMSNorm scaled by (1 + weight), computed in float32 for 16-bit models (TVM's kernel has no bfloat16 form).
+
+    Its parameters are stored in float32 whatever the model's dtype (exact for 16-bit checkpoints):
+    cast on every call instead, they would cost two more kernels per norm in every decode step."""
 
     def __init__(self, config: GemmaConfig):
         super().__init__()
         self.hidden_size = config.hidden_size
         self.eps = config.norm_eps
-        self.weight = nn.Parameter((config.hidden_size,))
+        self.weight = nn.Parameter((config.hidden_size,), "float32")
+
+    def to(self, dtype: str | None = None) -> None:
+        """The parameters keep float32 (see the class docstring)."""
 
     def forward(self, x: Tensor) -> Tensor:
         dtype = x.dtype
         if dtype != "float32":
             x = x.astype("float32")
-        weight = self.weight if self.weight.dtype == "float32" else self.weight.astype("float32")
-        out = op.rms_norm(x, weight=weight + 1.0, axes=-1, epsilon=self.eps)
+        out = op.rms_norm(x, weight=self.weight + 1.0, axes=-1, epsilon=self.eps)
         return out if dtype == "float32" else out.astype(dtype)
 
 
