@@ -359,7 +359,7 @@ class GPT2Norm(nn.Module):
     """LayerNorm, computed in float32 for 16-bit models (TVM's kernel has no bfloat16 form).
 
     Its parameters are stored in float32 whatever the model's dtype (exact for 16-bit checkpoints):
-    cast on every call instead, they would cost two more kernels per norm in every decode step."""
+    cast on every call instead, each would cost one more kernel per norm in every decode step."""
 
     def __init__(self, config: GPT2Config):
         super().__init__()
