@@ -1,4 +1,4 @@
-"""CPU matmul kernels side by side: float32 NT_matmul against q4 and q8 dequantize_matmul.
+"""CPU matmul kernels side by side: float32 NT_matmul against q4 and q8 dequantize_matmul (qNi8: decode with int8 activations).
 
 Each kernel is built alone from the TE the generated models emit (generated/gpt_bigcode/model.py's
 `_dequantize_matmul` for the quantized ones), scheduled by the CPU pipeline's rules
@@ -28,8 +28,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # (in, out) of each weight: tiny_starcoder's projections and its LM head (vocab 49152).
 SHAPES = ((768, 768), (768, 3072), (3072, 768), (768, 49152))
 BITS = (4, 8)
-# Relative error a float32 kernel may show against the float64 reference.
+# Relative error a float32 kernel may show against the float64 reference; an int8-activation one
+# (build/cpu/int8_dot.py) also rounds each activation to 1/254 of its group's largest.
 TOLERANCE = 1e-5
+INT8_TOLERANCE = 0.02
 # Each timed round calls a kernel until this long has passed (and reports the mean call).
 MIN_ROUND_MS = 20
 # Cold decode: calls per round, each after writing this many bytes. That evicts the weights from
@@ -85,7 +87,7 @@ def kernel(k: int, n: int, rows, bits: int | None):
     return te.create_prim_func([x, words, scales, out], index_dtype_override="int64")
 
 
-def build(func, target):
+def build(func, target, int8_activations: bool = False):
     """Schedule with the CPU pipeline's rules and compile; the runtime module."""
     import tvm
 
@@ -93,7 +95,7 @@ def build(func, target):
 
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     with target:
-        mod = build_cpu_kernels()(mod)
+        mod = build_cpu_kernels(target, int8_activations)(mod)
         if not mod["main"].attrs.get("tirx.is_scheduled"):
             raise SystemExit("a kernel was left unscheduled")
         return tvm.compile(mod, target=target).mod
@@ -123,10 +125,15 @@ def main(argv: list[str] | None = None) -> None:
     from tvm import tirx
 
     from codegen.build.compile import BuildOptions
+    from codegen.build.cpu import int8_dot
 
     target = BuildOptions(target="llvm", num_threads=args.threads).tvm_target()
     seq_len = tirx.Var("seq_len", "int64")
     rng = np.random.default_rng(0)
+    # qNi8: the scheme's decode with int8 activations (cpu_activations: int8), where the CPU has VNNI.
+    variants = [(None, False), *((bits, False) for bits in BITS)]
+    if int8_dot.target_supports(target):
+        variants += [(bits, True) for bits in BITS]
     print(f"{args.threads} threads, {args.repeats} rounds, prefill {args.rows} rows; medians")
     print(f"{'':>18}{'decode warm':>15}{'decode cold':>17}{'prefill':>18}")
     print(
@@ -134,19 +141,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     for k, n in SHAPES:
         cases, weight_bytes = {}, {}
-        for bits in (None, *BITS):
+        for bits, int8 in variants:
             operands, dense = random_weights(k, n, bits, rng)
             for phase, rows in (("decode", 1), ("prefill", args.rows)):
-                lib = build(kernel(k, n, 1 if phase == "decode" else seq_len, bits), target)
+                lib = build(kernel(k, n, 1 if phase == "decode" else seq_len, bits), target, int8)
                 x = rng.standard_normal((1, rows, k), dtype=np.float32)
                 out = tvm.runtime.tensor(np.zeros((1, rows, n), np.float32))
                 tensors = [tvm.runtime.tensor(a) for a in (x, *operands)] + [out]
                 lib["main"](*tensors)
                 expected = x.astype(np.float64) @ dense.T
                 error = np.abs(out.numpy() - expected).max() / np.abs(expected).max()
-                if error > TOLERANCE:
-                    raise SystemExit(f"{k}x{n} q{bits} {phase}: relative error {error:.2e}")
-                name = "f32" if bits is None else f"q{bits}"
+                name = "f32" if bits is None else f"q{bits}" + ("i8" if int8 else "")
+                if error > (INT8_TOLERANCE if int8 and phase == "decode" else TOLERANCE):
+                    raise SystemExit(f"{k}x{n} {name} {phase}: relative error {error:.2e}")
                 warm = lib.time_evaluator("main", tvm.cpu(), repeat=1, min_repeat_ms=MIN_ROUND_MS)
                 cases[(name, phase)] = (warm, tensors)
                 if phase == "decode":

@@ -58,6 +58,8 @@ def test_the_shipped_schemes_load():
         assert s.scale_dtype == s.model_dtype == ("float16" if "f16" in name else "float32")
         assert (s.bits, s.codes_per_word, s.max_code) == ((4, 8, 7) if name.startswith("q4") else (8, 4, 127))
         assert s.keep == (frozenset({"embedding", "lm_head"}) if name == "q4f16_2" else frozenset())
+        # float32 compute stays exact against the dequantized weights (tests/test_quantized_parity.py).
+        assert s.cpu_activations == ("int8" if s.model_dtype == "float16" else "float")
         assert s.description and "\n" not in s.description
     assert scheme("q4f16_1") == schemes["q4f16_1"]
 
@@ -89,7 +91,7 @@ Q8F32 = "  q8f32_1:\n    kind: group\n    model_dtype: float32\n    bits: 8\n   
 CASES = [
     ("unknown key", ("    bits: 4\n    group_size: 32\n    storage: uint32\n    scale_dtype: float32\n",
                      "    bits: 4\n    group_size: 32\n    storage: uint32\n    scale_dtype: float32\n    zero_point: true\n"),
-     ("schemes", "q4f32_1", "zero_point"), "zero_point", ["unknown key 'zero_point'", "allowed keys: bits, description"]),
+     ("schemes", "q4f32_1", "zero_point"), "zero_point", ["unknown key 'zero_point'", "allowed keys: bits, cpu_activations, description"]),
     ("unknown top-level key", ("schemes:\n", "version: 1\nschemes:\n"), ("version",), "version: 1", ["unknown key 'version'"]),
     ("bad bits", (Q4F32, Q4F32.replace("bits: 4", "bits: 3")),
      ("schemes", "q4f32_1", "bits"), "bits: 3", ["3 is not allowed; allowed values: 4, 8"]),
@@ -107,6 +109,12 @@ CASES = [
     ("kind none with keep", ("    model_dtype: float32\n    description: Unquantized",
                              "    model_dtype: float32\n    keep: [lm_head]\n    description: Unquantized"),
      ("schemes", "q0f32", "keep"), "keep: [lm_head]", ["keep is not allowed with kind 'none'"]),
+    ("kind none with cpu activations", ("    model_dtype: float32\n    description: Unquantized",
+                                        "    model_dtype: float32\n    cpu_activations: float\n    description: Unquantized"),
+     ("schemes", "q0f32", "cpu_activations"), "cpu_activations: float", ["cpu_activations is not allowed with kind 'none'"]),
+    ("bad cpu activations", (Q4F32 + "    storage: uint32\n    scale_dtype: float32\n",
+                             Q4F32 + "    storage: uint32\n    scale_dtype: float32\n    cpu_activations: int4\n"),
+     ("schemes", "q4f32_1", "cpu_activations"), "cpu_activations: int4", ["'int4' is not allowed; allowed values: float, int8"]),
     ("kind group without a scale dtype", (Q8F32 + "    storage: uint32\n    scale_dtype: float32\n", Q8F32 + "    storage: uint32\n"),
      ("schemes", "q8f32_1"), "q8f32_1:", ["missing required key 'scale_dtype'", "kind group"]),
     ("bad kind", ("  q0bf16:\n    kind: none", "  q0bf16:\n    kind: fp8"),

@@ -17,7 +17,7 @@ from tvm.relax.frontend.nn import op
 
 from codegen.build import pipeline
 from codegen.build.compile import BuildOptions
-from codegen.build.cpu import prefetch, quantized_matmul
+from codegen.build.cpu import int8_dot, prefetch, quantized_matmul
 from codegen.build.cpu.rules import GEMM_MR, GEMM_VECTORS, MIN_LANES, TASK_ROWS, CPUShape
 from generated.gpt_bigcode.model import GroupQuantization, QuantizedLinear, _dequantize_matmul
 
@@ -46,11 +46,11 @@ def _kernel(bits: int, n: int, k: int, rows, dtype: str = "float32") -> tirx.Pri
     return te.create_prim_func([x, words, scales, out], index_dtype_override="int64")
 
 
-def _build(func: tirx.PrimFunc):
+def _build(func: tirx.PrimFunc, int8_activations: bool = False):
     """(scheduled PrimFunc, its TIR just after loop vectorisation, runtime module)."""
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     with TARGET:
-        scheduled = pipeline.build_cpu_kernels()(mod)
+        scheduled = pipeline.build_cpu_kernels(TARGET, int8_activations)(mod)
     vectorised = []
 
     @pass_instrument
@@ -290,6 +290,58 @@ def test_prefill_unpacks_one_panel_at_a_time():
     assert stores and all(_is_contiguous_vector(index) for index in stores)
 
 
+# ------------------------------------------------------------ int8 activations (build/cpu/int8_dot.py)
+
+needs_vnni = pytest.mark.skipif(
+    not int8_dot.target_supports(TARGET), reason="the int8 decode kernel needs AVX512-VNNI, which this CPU lacks"
+)
+
+
+def _int8_activation_reference(x: np.ndarray, words: np.ndarray, scales: np.ndarray, bits: int) -> np.ndarray:
+    """numpy model of the int8 kernel's arithmetic, in float64 after the rounding it defines: the row
+    quantized per 32 like llama.cpp's q8_0 (d = max|x| / 127, round half to even), integer dots."""
+    groups = x.reshape(-1, 32).astype(np.float32)
+    amax = np.abs(groups).max(axis=1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        inverse = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    codes_x = np.round(groups * inverse).astype(np.int64).reshape(-1)
+    step = (amax[:, 0] / np.float32(127)).astype(np.float64)
+    per_word = 32 // bits
+    shifts = np.arange(per_word, dtype=np.uint32) * np.uint32(bits)
+    codes = ((words[:, :, None] >> shifts) & np.uint32(2**bits - 1)).reshape(len(words), -1).astype(np.int64)
+    dots = ((codes - (2 ** (bits - 1) - 1)) * codes_x).reshape(len(words), -1, 32).sum(axis=-1)
+    return (dots * scales.astype(np.float64) * step).sum(axis=-1)
+
+
+@needs_vnni
+@pytest.mark.parametrize("bits, dtype", [(4, "float32"), (8, "float32"), (4, "float16"), (8, "float16")])
+def test_int8_decode_kernel_matches_its_numpy_model(bits, dtype):
+    """Rows split unevenly between the threads, a group of zeros (d = 0), float16 operands and
+    output: equal to the numpy model up to float32 sums (float16's rounding of the output), and
+    within the activations' rounding of the exact float product."""
+    n, k = 101, 512
+    scheduled, _, library = _build(_kernel(bits, n, k, 1, dtype), int8_activations=True)
+    assert "llvm.x86.avx512.vpdpbusd.512" in scheduled.script()
+    rng = np.random.default_rng(bits)
+    words, scales, weight = _random_quantized(bits, n, k, rng, np.dtype(dtype).type)
+    x = rng.standard_normal((1, 1, k)).astype(dtype)
+    x[..., 64:96] = 0
+    out = _run(library, x, words, scales, n).astype(np.float64)[0, 0]
+    tolerance = TOLERANCE if dtype == "float32" else 2**-10
+    assert _relative_error(out, _int8_activation_reference(x, words, scales, bits)) <= tolerance
+    assert _relative_error(out, (x.astype(np.float64) @ weight.T)[0, 0]) <= 0.02
+
+
+@needs_vnni
+def test_int8_decode_leaves_prefill_and_odd_shapes_to_the_float_kernels():
+    """int8 activations replace only one-row kernels whose rows are whole 16-word vectors: 4-bit
+    K = 96 (12 words) keeps the factored kernel, and prefill the float GEMM."""
+    odd, _, _ = _build(_kernel(4, 64, 96, 1), int8_activations=True)
+    assert f'T.sblock("{quantized_matmul.WORD_DOTS}_update")' in odd.script()
+    prefill, _, _ = _build(_kernel(4, 96, 128, SEQ_LEN), int8_activations=True)
+    assert "vpdpbusd" not in prefill.script() and "dequantize" in prefill.script()
+
+
 # ---------------------------------------------------------------------- inside a Relax module
 
 
@@ -344,3 +396,22 @@ def test_fused_kernel_in_a_module_matches_numpy(rows):
     y = x @ weight.T + bias
     expected = 0.5 * y * (1 + np.tanh(np.sqrt(2 / np.pi) * (y + 0.044715 * y**3)))
     assert _relative_error(out, expected) <= TOLERANCE
+
+
+@needs_vnni
+def test_int8_decode_kernel_in_a_module_matches_numpy():
+    """Through the whole pipeline of a scheme with cpu_activations: int8, bias and activation included."""
+    module = _LinearGelu(True, 128, 96)
+    mod, _ = module.export_tvm({"forward": {"x": nn.spec.Tensor([1, 1, 128], "float32")}})
+    relax_pipeline = pipeline.relax_pipeline(TARGET, int8_activations=True)
+    executable = tvm.compile(mod, target=TARGET, relax_pipeline=relax_pipeline)
+    assert "vpdpbusd" in executable.mod.imports[0].inspect_source("asm")
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    rng = np.random.default_rng(5)
+    words, scales, _ = _random_quantized(4, 96, 128, rng)
+    bias = rng.standard_normal(96, dtype=np.float32)
+    x = rng.standard_normal((1, 1, 128), dtype=np.float32)
+    out = vm["forward"](*(tvm.runtime.tensor(a) for a in (x, words, scales, bias))).numpy()
+    y = _int8_activation_reference(x, words, scales, 4) + bias
+    expected = 0.5 * y * (1 + np.tanh(np.sqrt(2 / np.pi) * (y + 0.044715 * y**3)))
+    assert _relative_error(out[0, 0], expected) <= TOLERANCE

@@ -135,8 +135,9 @@ def build(model: GeneratedModel, config: Any, options: BuildOptions) -> tuple[re
     fields = metadata(model, config, options, named_params)
     ir_module = _attach_metadata(ir_module, fields)
     target = options.tvm_target()
+    int8_activations = options.scheme.cpu_activations == "int8"
     with target, tvm.transform.PassContext(opt_level=3, config=pass_config(options)):
-        executable = tvm.compile(ir_module, target=target, relax_pipeline=pipeline.relax_pipeline(target, window))
+        executable = tvm.compile(ir_module, target=target, relax_pipeline=pipeline.relax_pipeline(target, window, int8_activations))
     missing = sorted(set(MODEL_FUNCTIONS + ("_metadata",)) - set(vm_functions(executable)))
     if missing:
         raise CompileError(f"the built library lacks the functions {', '.join(missing)}")

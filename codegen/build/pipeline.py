@@ -5,7 +5,8 @@ transposed-weight matmul, legalise and fuse, then schedule every fused kernel wi
 (ours for CPU matmuls and single-row norms, dlight's for the rest and for CUDA). CPU builds also
 legalise activations to vectorisable approximations (build/cpu/fast_math.py), compute 16-bit
 matmuls in float32 (build/cpu/half_precision.py), rewrite the quantized matmuls (factored for
-decode, in float32 for 16 bits: build/cpu/quantized_matmul.py) and swap the KV cache's scalar
+decode, or on int8 activations where the scheme allows; in float32 for 16 bits:
+build/cpu/quantized_matmul.py, int8_dot.py) and swap the KV cache's scalar
 attention kernels for threaded, vectorised ones (build/cpu/attention.py).
 """
 
@@ -18,20 +19,25 @@ from tvm.relax.backend.cuda import pipeline as cuda_backend
 from tvm.s_tir import dlight
 from tvm.target import Target
 
-from codegen.build.cpu import fast_math, prefetch
+from codegen.build.cpu import fast_math, int8_dot, prefetch
 from codegen.build.cpu.attention import replace_kv_cache_kernels
 from codegen.build.cpu.half_precision import half_matmuls_in_float32
 from codegen.build.cpu.quantized_matmul import rewrite_quantized_matmuls
 from codegen.build.cpu.rules import (
+    CPUShape,
     FactoredQuantizedDecode,
+    Int8DotEpilogue,
     QuantizedWeightMatmul,
     SingleRowReduction,
     WeightMatmul,
 )
 
 
-def relax_pipeline(target: Target, attention_window: int | None = None) -> tvm.transform.Pass:
-    """The pipeline tvm.compile runs for this target; `attention_window`: the model's sliding window."""
+def relax_pipeline(
+    target: Target, attention_window: int | None = None, int8_activations: bool = False
+) -> tvm.transform.Pass:
+    """The pipeline tvm.compile runs for this target; `attention_window`: the model's sliding window;
+    `int8_activations`: the scheme lets CPU decode matmuls quantize their activations."""
     backend = cuda_backend if target.kind.name == "cuda" else cpu_backend
 
     @tvm.transform.module_pass(opt_level=0, name="CodegenPipeline")
@@ -42,7 +48,7 @@ def relax_pipeline(target: Target, attention_window: int | None = None) -> tvm.t
                 + _widen_half_matmuls(target)
                 # Before legalisation: matmul(x, permute_dims(W)) would copy W transposed on every call.
                 + [relax.transform.FuseTransposeMatmul()]
-                + _legalize_and_fuse(target)
+                + _legalize_and_fuse(target, int8_activations)
                 + schedule_passes(target, attention_window)
                 + backend.dataflow_lower_passes(target)
                 + backend.finalize_passes(target)
@@ -56,13 +62,13 @@ def _widen_half_matmuls(target: Target) -> list[tvm.transform.Pass]:
     return [half_matmuls_in_float32] if target.kind.name == "llvm" else []
 
 
-def _legalize_and_fuse(target: Target) -> list[tvm.transform.Pass]:
+def _legalize_and_fuse(target: Target, int8_activations: bool) -> list[tvm.transform.Pass]:
     legalize_map = {"relax.take": _take_clipped}
     cpu_kernels = []
     if target.kind.name == "llvm":
         # LLVM has no vector exp/tanh/erf: on CPU, activations legalise to vectorisable approximations.
         legalize_map.update(fast_math.legalize_map())
-        cpu_kernels = cpu_kernel_rewrites()
+        cpu_kernels = cpu_kernel_rewrites(target, int8_activations)
     return [
         relax.transform.LegalizeOps(customize_legalize_map=legalize_map),
         *cpu_kernels,
@@ -90,9 +96,10 @@ def schedule_passes(target: Target, attention_window: int | None = None) -> list
     return [replace_kv_cache_kernels(attention_window), schedule_cpu_kernels()]
 
 
-def cpu_kernel_rewrites() -> list[tvm.transform.Pass]:
+def cpu_kernel_rewrites(target: Target, int8_activations: bool = False) -> list[tvm.transform.Pass]:
     """Kernels the CPU build replaces before fusion (the epilogue then fuses into the replacement)."""
-    return [rewrite_quantized_matmuls]
+    int8 = int8_activations and int8_dot.target_supports(target)
+    return [rewrite_quantized_matmuls(CPUShape.of(target).threads if int8 else None)]
 
 
 def schedule_cpu_kernels() -> tvm.transform.Pass:
@@ -100,14 +107,15 @@ def schedule_cpu_kernels() -> tvm.transform.Pass:
     return tvm.transform.Sequential([dlight.ApplyDefaultSchedule(*cpu_rules()), prefetch.insert_prefetches])
 
 
-def build_cpu_kernels() -> tvm.transform.Pass:
+def build_cpu_kernels(target: Target, int8_activations: bool = False) -> tvm.transform.Pass:
     """What the CPU pipeline does to kernels compiled on their own (tests, bench/): replace, schedule."""
-    return tvm.transform.Sequential([*cpu_kernel_rewrites(), schedule_cpu_kernels()])
+    return tvm.transform.Sequential([*cpu_kernel_rewrites(target, int8_activations), schedule_cpu_kernels()])
 
 
 def cpu_rules() -> list[dlight.ScheduleRule]:
     """Rules tried in order on each kernel; the first that matches schedules it."""
     return [
+        Int8DotEpilogue(),
         FactoredQuantizedDecode(),
         QuantizedWeightMatmul(),
         WeightMatmul(),

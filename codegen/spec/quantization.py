@@ -41,6 +41,7 @@ class Scheme:
     scale_dtype: str | None  # group: dtype of q_scale
     keep: frozenset[str]  # roles stored unquantized in model_dtype, a subset of ROLES
     description: str
+    cpu_activations: str = "float"  # group: "int8" lets CPU decode kernels quantize activations (build/cpu/int8_dot.py)
 
     @property
     def quantized(self) -> bool:
@@ -87,6 +88,7 @@ def load_schemes(path: Path | None = None) -> dict[str, Scheme]:
             scale_dtype=entry.get("scale_dtype"),
             keep=frozenset(entry.get("keep", ())),
             description=entry["description"],
+            cpu_activations=entry.get("cpu_activations", "float"),
         )
         _check_semantics(document, schemes[name])
     return schemes

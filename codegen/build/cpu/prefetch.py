@@ -50,20 +50,7 @@ def _prefetch_if_marked(loop: tirx.For) -> tirx.For:
     per_line = LINE_BYTES // element_bytes
     lines = -(-int(elements) * element_bytes // LINE_BYTES)
     prefetches = [
-        tirx.Evaluate(
-            tirx.call_intrin(
-                "void",
-                "tirx.prefetch",
-                tirx.address_of(
-                    tirx.BufferLoad(
-                        buffer, [row, *first_index[1:-1], first_index[-1] + line * per_line]
-                    )
-                ),
-                0,  # a read
-                3,  # keep in every cache level
-                1,  # data, not instructions
-            )
-        )
+        tirx.Evaluate(line_read(buffer, [row, *first_index[1:-1], first_index[-1] + line * per_line]))
         for line in range(lines)
     ]
     annotations = {key: value for key, value in loop.annotations.items() if key != _MARK}
@@ -75,6 +62,18 @@ def _prefetch_if_marked(loop: tirx.For) -> tirx.For:
         tirx.SeqStmt([*prefetches, loop.body]),
         loop.thread_binding,
         annotations,
+    )
+
+
+def line_read(buffer: tirx.Buffer, index: list[tirx.PrimExpr]) -> tirx.PrimExpr:
+    """The prefetch, for reading, of the cache line holding buffer[index]."""
+    return tirx.call_intrin(
+        "void",
+        "tirx.prefetch",
+        tirx.address_of(tirx.BufferLoad(buffer, index)),
+        0,  # a read
+        3,  # keep in every cache level
+        1,  # data, not instructions
     )
 
 

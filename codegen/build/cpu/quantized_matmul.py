@@ -21,6 +21,9 @@ slower than float32, as build/cpu/half_precision.py explains for the plain matmu
 for the same kernel with a float32 weight and float32 sums, cast once at the end; the GEMM rule
 (rules.QuantizedWeightMatmul) then widens the activations once and unpacks panels as for float32.
 
+A scheme with `cpu_activations: int8` (the float16-compute ones) swaps the one-row kernel for
+build/cpu/int8_dot.py's instead, where the target has VNNI and the shape whole vectors of words.
+
 Only the CPU build swaps kernels: dlight's GPU rules look for the generated kernel's blocks. The
 blocks are named so that the rules in rules.py find them after fusion.
 """
@@ -33,6 +36,8 @@ import tvm
 import tvm_ffi
 from tvm import te, tirx
 from tvm.tirx.buffer import is_buffer_var
+
+from codegen.build.cpu import int8_dot
 
 SCALED_ACTIVATIONS = "x_scaled"
 OFFSETS = "x_offsets"
@@ -70,26 +75,33 @@ class _Kernel:
         return all(isinstance(d, tirx.IntImm) and int(d) == 1 for d in self.x.shape[:-1])
 
 
-@tvm.transform.module_pass(opt_level=0, name="CodegenRewriteQuantizedMatmuls")
-def rewrite_quantized_matmuls(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-    """Each generated dequantize_matmul PrimFunc of one static row replaced by the factored kernel,
-    each other 16-bit one by the same kernel computed in float32 (same parameters)."""
-    for global_var, func in list(mod.functions.items()):
-        kernel = _generated_quantized_matmul(func) if isinstance(func, tirx.PrimFunc) else None
-        if kernel is None:
-            continue
-        if kernel.one_row:
-            replacement = _factored(kernel)
-        elif kernel.out.dtype != _WIDE:
-            replacement = _widened(kernel)
-        else:  # float32 prefill: the GEMM rule unpacks the generated kernel's panels as they are
-            continue
-        # create_prim_func names the function "main": an exported symbol FuseTIR would keep.
-        replacement = replacement.without_attr("global_symbol")
-        for key, value in (func.attrs or {}).items():
-            replacement = replacement.with_attr(key, value)
-        mod[global_var] = replacement
-    return mod
+def rewrite_quantized_matmuls(int8_dot_threads: int | None = None) -> tvm.transform.Pass:
+    """Each generated dequantize_matmul PrimFunc of one static row replaced by the factored kernel
+    (or, given `int8_dot_threads`, by build/cpu/int8_dot.py's where its shape allows), each other
+    16-bit one by the same kernel computed in float32 (same parameters)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="CodegenRewriteQuantizedMatmuls")
+    def rewrite(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        for global_var, func in list(mod.functions.items()):
+            kernel = _generated_quantized_matmul(func) if isinstance(func, tirx.PrimFunc) else None
+            if kernel is None:
+                continue
+            if kernel.one_row and int8_dot_threads is not None and int8_dot.fits(kernel):
+                replacement = int8_dot.int8_dot_kernel(kernel, int8_dot_threads)
+            elif kernel.one_row:
+                replacement = _factored(kernel)
+            elif kernel.out.dtype != _WIDE:
+                replacement = _widened(kernel)
+            else:  # float32 prefill: the GEMM rule unpacks the generated kernel's panels as they are
+                continue
+            # create_prim_func names the function "main": an exported symbol FuseTIR would keep.
+            replacement = replacement.without_attr("global_symbol")
+            for key, value in (func.attrs or {}).items():
+                replacement = replacement.with_attr(key, value)
+            mod[global_var] = replacement
+        return mod
+
+    return rewrite
 
 
 def _generated_quantized_matmul(func: tirx.PrimFunc) -> _Kernel | None:

@@ -16,7 +16,7 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 from tvm.target.codegen import llvm_cpu_has_features
 
-from codegen.build.cpu import prefetch, quantized_matmul
+from codegen.build.cpu import int8_dot, prefetch, quantized_matmul
 
 # Weight rows computed together, each with one vector accumulator. More rows in flight help a
 # single-row GEMV hide memory latency; with many rows, 8 keeps the weight tile in L1 between rows.
@@ -602,6 +602,27 @@ def _copy_step_scales(sch: s_tir.Schedule, block, scales: tirx.Buffer, at) -> No
 
 def _read_index(sch: s_tir.Schedule, block, buffer: tirx.Buffer) -> int:
     return [r.source.same_as(buffer) for r in sch.get(block).reads].index(True)
+
+
+class Int8DotEpilogue(ScheduleRule):
+    """The elementwise epilogue (bias, activation, residual) FuseOps put after build/cpu/int8_dot.py's
+    kernel, which comes written: inlined into one loop over the outputs and vectorised (unscheduled,
+    each op was a scalar loop through a buffer of its own)."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
+        kernel = _llvm_kernel(func, target)
+        if kernel is None:
+            return None
+        sch, blocks, _ = kernel
+        names = [sch.get(b).name_hint for b in blocks]
+        if int8_dot.BLOCK not in names or not _inline_around(sch, blocks, blocks[names.index(int8_dot.BLOCK)]):
+            return None
+        if blocks[-1] != blocks[names.index(int8_dot.BLOCK)]:
+            output = sch.fuse(*sch.get_loops(blocks[-1]))
+            lanes = _largest_power_of_two_dividing(_extent(sch, output), CPUShape.of(target).lanes)
+            if lanes > 1:
+                sch.vectorize(sch.split(output, [None, lanes])[-1])
+        return sch
 
 
 class SingleRowReduction(ScheduleRule):
