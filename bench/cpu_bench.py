@@ -29,7 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Pause before each timed block: after a parallel region torch's OpenMP threads and TVM's pool spin
 # for a while, and whatever runs next on the two cores would be timed against them.
 SETTLE_SECONDS = 0.5
-DEFAULT_FORMATS = "f32=q0f32,f16=q0f16,bf16=q0bf16,q8=q8f32_1,q4=q4f32_1"
+DEFAULT_FORMATS = "f32=q0f32,f16=q0f16,bf16=q0bf16,q8=q8f16_1,q4=q4f16_1"
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -238,7 +238,7 @@ LLAMACPP_FORMAT = {
 }
 # q8f16_1 and q4f16_1 compile and run on the CPU but slowly (one layer of tiny_starcoder decoded in
 # 66 and 107 ms/token, q4f32_1 in 39, q0f16 in 19), so they are left to --schemes.
-DEFAULT_SCHEMES = "q0f32,q0f16,q0bf16,q8f32_1,q4f32_1"
+DEFAULT_SCHEMES = "q0f32,q0f16,q0bf16,q8f16_1,q4f16_1"
 CONVERTER_FORMATS = ("f32", "f16")  # written by convert_hf_to_gguf.py; the others by llama-quantize
 QUANTIZE_SOURCE = "f32"
 # The random checkpoint's tokenizer only has to satisfy the converter (the timed tokens are random

@@ -314,32 +314,34 @@ def _int8_activation_reference(x: np.ndarray, words: np.ndarray, scales: np.ndar
 
 
 @needs_vnni
+@pytest.mark.parametrize("rows", [1, 2 * int8_dot.GEMM_MR + 3], ids=["decode", "prefill"])
 @pytest.mark.parametrize("bits, dtype", [(4, "float32"), (8, "float32"), (4, "float16"), (8, "float16")])
-def test_int8_decode_kernel_matches_its_numpy_model(bits, dtype):
-    """Rows split unevenly between the threads, a group of zeros (d = 0), float16 operands and
-    output: equal to the numpy model up to float32 sums (float16's rounding of the output), and
-    within the activations' rounding of the exact float product."""
-    n, k = 101, 512
-    scheduled, _, library = _build(_kernel(bits, n, k, 1, dtype), int8_activations=True)
+def test_int8_kernel_matches_its_numpy_model(bits, dtype, rows):
+    """Activation rows in whole tiles and a remainder, a group of zeros (d = 0), float16 operands
+    and output: equal to the numpy model up to float32 sums (float16's rounding of the output),
+    and within the activations' rounding of the exact float product."""
+    n, k = 7 * int8_dot.LANES, 512
+    scheduled, _, library = _build(_kernel(bits, n, k, 1 if rows == 1 else SEQ_LEN, dtype), int8_activations=True)
     assert "llvm.x86.avx512.vpdpbusd.512" in scheduled.script()
-    rng = np.random.default_rng(bits)
+    rng = np.random.default_rng(bits + rows)
     words, scales, weight = _random_quantized(bits, n, k, rng, np.dtype(dtype).type)
-    x = rng.standard_normal((1, 1, k)).astype(dtype)
+    x = rng.standard_normal((1, rows, k)).astype(dtype)
     x[..., 64:96] = 0
-    out = _run(library, x, words, scales, n).astype(np.float64)[0, 0]
+    out = _run(library, x, words, scales, n).astype(np.float64)[0]
+    expected = np.stack([_int8_activation_reference(x[0, i], words, scales, bits) for i in range(rows)])
     tolerance = TOLERANCE if dtype == "float32" else 2**-10
-    assert _relative_error(out, _int8_activation_reference(x, words, scales, bits)) <= tolerance
-    assert _relative_error(out, (x.astype(np.float64) @ weight.T)[0, 0]) <= 0.02
+    assert _relative_error(out, expected) <= tolerance
+    assert _relative_error(out, (x.astype(np.float64) @ weight.T)[0]) <= 0.02
 
 
 @needs_vnni
-def test_int8_decode_leaves_prefill_and_odd_shapes_to_the_float_kernels():
-    """int8 activations replace only one-row kernels whose rows are whole 16-word vectors: 4-bit
-    K = 96 (12 words) keeps the factored kernel, and prefill the float GEMM."""
-    odd, _, _ = _build(_kernel(4, 64, 96, 1), int8_activations=True)
-    assert f'T.sblock("{quantized_matmul.WORD_DOTS}_update")' in odd.script()
-    prefill, _, _ = _build(_kernel(4, 96, 128, SEQ_LEN), int8_activations=True)
-    assert "vpdpbusd" not in prefill.script() and "dequantize" in prefill.script()
+@pytest.mark.parametrize("rows", [1, SEQ_LEN], ids=["decode", "prefill"])
+def test_int8_activations_leave_other_shapes_to_the_float_kernels(rows):
+    """int8 activations replace only kernels of whole vectors: weight rows of 16-word vectors and
+    16-row tasks. 4-bit K = 96 (12 words per row) and 72 weight rows keep the float kernels."""
+    for n, k in ((64, 96), (72, 256)):
+        scheduled, _, _ = _build(_kernel(4, n, k, rows), int8_activations=True)
+        assert "vpdpbusd" not in scheduled.script() and f'T.sblock("{quantized_matmul.MATMUL}' in scheduled.script()
 
 
 # ---------------------------------------------------------------------- inside a Relax module
@@ -399,10 +401,11 @@ def test_fused_kernel_in_a_module_matches_numpy(rows):
 
 
 @needs_vnni
-def test_int8_decode_kernel_in_a_module_matches_numpy():
-    """Through the whole pipeline of a scheme with cpu_activations: int8, bias and activation included."""
+@pytest.mark.parametrize("rows", [1, 7])
+def test_int8_kernel_in_a_module_matches_numpy(rows):
+    """Through the whole pipeline of a scheme with cpu_activations: int8, bias and activation fused."""
     module = _LinearGelu(True, 128, 96)
-    mod, _ = module.export_tvm({"forward": {"x": nn.spec.Tensor([1, 1, 128], "float32")}})
+    mod, _ = module.export_tvm({"forward": {"x": nn.spec.Tensor([1, 1 if rows == 1 else "seq_len", 128], "float32")}})
     relax_pipeline = pipeline.relax_pipeline(TARGET, int8_activations=True)
     executable = tvm.compile(mod, target=TARGET, relax_pipeline=relax_pipeline)
     assert "vpdpbusd" in executable.mod.imports[0].inspect_source("asm")
@@ -410,8 +413,18 @@ def test_int8_decode_kernel_in_a_module_matches_numpy():
     rng = np.random.default_rng(5)
     words, scales, _ = _random_quantized(4, 96, 128, rng)
     bias = rng.standard_normal(96, dtype=np.float32)
-    x = rng.standard_normal((1, 1, 128), dtype=np.float32)
+    x = rng.standard_normal((1, rows, 128), dtype=np.float32)
     out = vm["forward"](*(tvm.runtime.tensor(a) for a in (x, words, scales, bias))).numpy()
-    y = _int8_activation_reference(x, words, scales, 4) + bias
+    y = np.stack([_int8_activation_reference(x[0, i], words, scales, 4) for i in range(rows)]) + bias
     expected = 0.5 * y * (1 + np.tanh(np.sqrt(2 / np.pi) * (y + 0.044715 * y**3)))
-    assert _relative_error(out[0, 0], expected) <= TOLERANCE
+    assert _relative_error(out[0], expected) <= TOLERANCE
+
+
+def test_int8_activations_need_vnni_in_the_target():
+    """A target CPU without VNNI (Skylake-X has AVX-512 but not VNNI) keeps the float kernels."""
+    skylake = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2})
+    assert not int8_dot.target_supports(skylake)
+    mod = tvm.IRModule({"main": _kernel(4, 64, 256, 1).with_attr("global_symbol", "main")})
+    with skylake:
+        scheduled = pipeline.build_cpu_kernels(skylake, int8_activations=True)(mod)
+    assert "vpdpbusd" not in scheduled["main"].script()

@@ -37,7 +37,7 @@ def relax_pipeline(
     target: Target, attention_window: int | None = None, int8_activations: bool = False
 ) -> tvm.transform.Pass:
     """The pipeline tvm.compile runs for this target; `attention_window`: the model's sliding window;
-    `int8_activations`: the scheme lets CPU decode matmuls quantize their activations."""
+    `int8_activations`: the scheme lets CPU matmuls quantize their activations."""
     backend = cuda_backend if target.kind.name == "cuda" else cpu_backend
 
     @tvm.transform.module_pass(opt_level=0, name="CodegenPipeline")

@@ -41,7 +41,7 @@ class Scheme:
     scale_dtype: str | None  # group: dtype of q_scale
     keep: frozenset[str]  # roles stored unquantized in model_dtype, a subset of ROLES
     description: str
-    cpu_activations: str = "float"  # group: "int8" lets CPU decode kernels quantize activations (build/cpu/int8_dot.py)
+    cpu_activations: str = "float"  # group: "int8" lets CPU matmuls quantize activations (build/cpu/int8_dot.py)
 
     @property
     def quantized(self) -> bool:

@@ -21,8 +21,9 @@ slower than float32, as build/cpu/half_precision.py explains for the plain matmu
 for the same kernel with a float32 weight and float32 sums, cast once at the end; the GEMM rule
 (rules.QuantizedWeightMatmul) then widens the activations once and unpacks panels as for float32.
 
-A scheme with `cpu_activations: int8` (the float16-compute ones) swaps the one-row kernel for
-build/cpu/int8_dot.py's instead, where the target has VNNI and the shape whole vectors of words.
+A scheme with `cpu_activations: int8` (the float16-compute ones) swaps both for
+build/cpu/int8_dot.py's kernels instead, where the target has VNNI and the weight rows are whole
+vectors of words.
 
 Only the CPU build swaps kernels: dlight's GPU rules look for the generated kernel's blocks. The
 blocks are named so that the rules in rules.py find them after fusion.
@@ -76,8 +77,8 @@ class _Kernel:
 
 
 def rewrite_quantized_matmuls(int8_dot_threads: int | None = None) -> tvm.transform.Pass:
-    """Each generated dequantize_matmul PrimFunc of one static row replaced by the factored kernel
-    (or, given `int8_dot_threads`, by build/cpu/int8_dot.py's where its shape allows), each other
+    """Given `int8_dot_threads`, each generated dequantize_matmul PrimFunc build/cpu/int8_dot.py
+    takes replaced by its kernel; each other of one static row by the factored kernel, each other
     16-bit one by the same kernel computed in float32 (same parameters)."""
 
     @tvm.transform.module_pass(opt_level=0, name="CodegenRewriteQuantizedMatmuls")
@@ -86,7 +87,7 @@ def rewrite_quantized_matmuls(int8_dot_threads: int | None = None) -> tvm.transf
             kernel = _generated_quantized_matmul(func) if isinstance(func, tirx.PrimFunc) else None
             if kernel is None:
                 continue
-            if kernel.one_row and int8_dot_threads is not None and int8_dot.fits(kernel):
+            if int8_dot_threads is not None and int8_dot.fits(kernel):
                 replacement = int8_dot.int8_dot_kernel(kernel, int8_dot_threads)
             elif kernel.one_row:
                 replacement = _factored(kernel)

@@ -606,8 +606,9 @@ def _read_index(sch: s_tir.Schedule, block, buffer: tirx.Buffer) -> int:
 
 class Int8DotEpilogue(ScheduleRule):
     """The elementwise epilogue (bias, activation, residual) FuseOps put after build/cpu/int8_dot.py's
-    kernel, which comes written: inlined into one loop over the outputs and vectorised (unscheduled,
-    each op was a scalar loop through a buffer of its own)."""
+    kernel, which comes written: inlined into one loop nest over the outputs, vectorised along the
+    output features, parallel over activation rows in prefill (unscheduled, each op was a scalar
+    loop through a buffer of its own)."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
         kernel = _llvm_kernel(func, target)
@@ -615,13 +616,20 @@ class Int8DotEpilogue(ScheduleRule):
             return None
         sch, blocks, _ = kernel
         names = [sch.get(b).name_hint for b in blocks]
-        if int8_dot.BLOCK not in names or not _inline_around(sch, blocks, blocks[names.index(int8_dot.BLOCK)]):
+        if int8_dot.BLOCK not in names:
             return None
-        if blocks[-1] != blocks[names.index(int8_dot.BLOCK)]:
-            output = sch.fuse(*sch.get_loops(blocks[-1]))
-            lanes = _largest_power_of_two_dividing(_extent(sch, output), CPUShape.of(target).lanes)
-            if lanes > 1:
-                sch.vectorize(sch.split(output, [None, lanes])[-1])
+        written = names.index(int8_dot.BLOCK)
+        if not _inline_around(sch, blocks[written:], blocks[written]):
+            return None
+        if written == len(blocks) - 1:
+            return sch
+        *rows, features = sch.get_loops(blocks[-1])
+        lanes = _largest_power_of_two_dividing(_extent(sch, features), CPUShape.of(target).lanes)
+        if lanes > 1:
+            sch.vectorize(sch.split(features, [None, lanes])[-1])
+        row = sch.fuse(*rows) if len(rows) > 1 else (rows[0] if rows else None)
+        if row is not None and _static(sch.get(row).extent) != 1:
+            sch.parallel(row)
         return sch
 
 
