@@ -124,3 +124,40 @@ def test_weights_of_another_scheme_are_refused_at_load(quantized_run, tmp_path):
     convert(load_model("gpt_bigcode"), model_dir, copy, quantization=other, progress=False)
     with pytest.raises(ArtifactError, match=f"converted as {other}, but model.so was compiled for {scheme.name}"):
         Model(copy)
+
+
+# n_embd 128: every matmul has whole vectors of 16 words and of 16 weight rows, so each one runs on
+# int8 activations (codegen/build/cpu/int8_dot.py) where the CPU has VNNI.
+INT8_FAMILY = Family(
+    spec="specs/gpt_bigcode.yaml",
+    config_class="GPTBigCodeConfig",
+    model_class="GPTBigCodeForCausalLM",
+    config=dict(n_embd=128, n_head=4, n_layer=2, n_positions=WINDOW, vocab_size=VOCAB, multi_query=True),
+)
+# Largest |Δlogit| relative to the largest reference logit. Each activation rounds to 1/254 of
+# its group's largest: measured 0.027-0.030 over these steps (0.003 with float activations, the
+# float16 compute alone); a wrong scale or code order is off by the logits' whole size.
+INT8_TOLERANCE = 0.06
+
+
+@pytest.mark.parametrize("scheme_name", ["q4f16_1", "q8f16_1"])
+def test_int8_activation_schemes_stay_close_to_fake_quantized_transformers(scheme_name, artifacts, tmp_path):
+    """q4f16_1 and q8f16_1 (cpu_activations: int8) against transformers in float32 on the same
+    fake-quantized weights: the prefill's logits and 8 decode steps after it."""
+    import numpy as np
+    import torch
+
+    from codegen.runtime import Model
+    from codegen.spec.quantization import scheme
+
+    hf_model = make_hf_model(INT8_FAMILY, seed=3)
+    fake_quantize(hf_model, scheme(scheme_name))
+    model_dir = prepare(INT8_FAMILY, hf_model, tmp_path / "hf")
+    model = Model(artifacts.build(INT8_FAMILY.spec, model_dir, quantization=scheme_name))
+    tokens = list(np.random.default_rng(3).integers(0, VOCAB, size=40))
+    compiled = [model.prefill(tokens[:32])] + [model.decode(t) for t in tokens[32:]]
+    with torch.no_grad():
+        reference = hf_model(torch.tensor([tokens])).logits[0, 31:].numpy()
+    for step, (actual, expected) in enumerate(zip(compiled, reference)):
+        error = np.abs(np.asarray(actual, np.float64).reshape(-1) - expected).max() / np.abs(expected).max()
+        assert error <= INT8_TOLERANCE, f"{scheme_name} step {step}: relative error {error:.3g}"
