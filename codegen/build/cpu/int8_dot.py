@@ -53,12 +53,13 @@ def target_supports(target: Target) -> bool:
 
 
 def fits(kernel: _Kernel) -> bool:
-    """True if the kernel's codes are 4 or 8 bits in groups of 32 and its rows are whole vectors of words."""
+    """True if the kernel's codes are 4 or 8 bits in groups of 32, each weight row is whole vectors
+    of LANES words and the weight rows are whole tasks of LANES (the prefill's)."""
     return (
         kernel.bits in (4, 8)
         and kernel.words_per_group * kernel.codes_per_word == _GROUP
         and int(kernel.words.shape[1]) % LANES == 0
-        and int(kernel.words.shape[0]) % LANES == 0  # prefill: tasks of LANES weight rows
+        and int(kernel.words.shape[0]) % LANES == 0
         and len(kernel.x.shape) == len(kernel.out.shape) == 3  # [1, rows, K], as exported
         and isinstance(kernel.x.shape[0], tirx.IntImm)
         and int(kernel.x.shape[0]) == 1
