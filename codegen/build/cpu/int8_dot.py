@@ -90,6 +90,9 @@ def int8_dot_kernel(kernel: _Kernel, threads: int) -> tirx.PrimFunc:
     # The codes of word w of a group: j + per_word * w, for the offsets' shuffles.
     word_lanes = [[per_word * w + j for w in range(words_per_group)] for j in range(per_word)]
 
+    # op_pattern 4 (kOutEWiseFusable): FuseOps appends the elementwise epilogue.
+    attributes = {"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 4}
+
     # Macros, not functions: meta_var makes each value an expression, not a variable (FlattenBuffer
     # would make each variable of a block a one-element buffer, stored and reloaded).
     @T.macro
@@ -136,8 +139,7 @@ def int8_dot_kernel(kernel: _Kernel, threads: int) -> tirx.PrimFunc:
         s: T.Buffer(scale_shape, scale_dtype),
         out_full: T.Buffer(out_shape, out_dtype),
     ):
-        # op_pattern 4 (kOutEWiseFusable): FuseOps appends the elementwise epilogue.
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 4})
+        T.func_attr(attributes)
         with T.sblock("root"):
             for task in T.parallel(threads):
                 with T.sblock(BLOCK):
@@ -195,7 +197,7 @@ def int8_dot_kernel(kernel: _Kernel, threads: int) -> tirx.PrimFunc:
         s: T.Buffer(scale_shape, scale_dtype),
         out_full: T.Buffer(out_shape, out_dtype),
     ):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 4})
+        T.func_attr(attributes)
         with T.sblock("root"):
             codes_x = T.alloc_buffer((rows, planes, per_plane * groups), "int8")
             offsets = T.alloc_buffer((rows, words), "int32")
@@ -266,13 +268,17 @@ def _reduce(combine, vector: tirx.PrimExpr, width: int = LANES) -> tirx.PrimExpr
     return vector
 
 
-def _plane(word: tirx.PrimExpr, planes: int, p: int) -> tirx.PrimExpr:
-    """Plane p of a word's codes as unsigned bytes: the word itself for 8 bits; for 4 bits its low
-    (p = 0) or high nibbles."""
+def _plane(word: tirx.PrimExpr, planes: int, p: int, lanes: int = 1) -> tirx.PrimExpr:
+    """Plane p of a word's codes (or of a vector of `lanes` words) as unsigned bytes: the word
+    itself for 8 bits; for 4 bits its low (p = 0) or high nibbles."""
     if planes == 1:
         return word
-    nibbles = tirx.const(_NIBBLES, "uint32")
-    return (word >> tirx.const(4 * p, "uint32")) & nibbles
+
+    def constant(value: int) -> tirx.PrimExpr:
+        scalar = tirx.const(value, "uint32")
+        return scalar if lanes == 1 else tirx.Broadcast(scalar, lanes)
+
+    return (word >> constant(4 * p)) & constant(_NIBBLES)
 
 
 def _dot(dots: tirx.PrimExpr, codes: tirx.PrimExpr, activations: tirx.PrimExpr) -> tirx.PrimExpr:
@@ -299,11 +305,7 @@ def _word_sums(halves: list[tirx.PrimExpr], word_lanes: list[list[int]]) -> tirx
 def _dots(offsets: tirx.PrimExpr, packed: tirx.PrimExpr, activations: list[tirx.PrimExpr]) -> tirx.PrimExpr:
     """offsets + each 4-byte lane's dot of the codes in `packed` (16 words) with the activation
     bytes: one vpdpbusd per plane (for 4 bits the low nibbles, then the high ones)."""
-    if len(activations) == 1:
-        planes = [packed]
-    else:
-        nibbles = tirx.Broadcast(tirx.const(_NIBBLES, "uint32"), LANES)
-        planes = [packed & nibbles, (packed >> tirx.Broadcast(tirx.const(4, "uint32"), LANES)) & nibbles]
+    planes = [_plane(packed, len(activations), p, LANES) for p in range(len(activations))]
     dots = offsets
     for codes, x in zip(planes, activations):
         dots = tirx.call_llvm_pure_intrin("int32x16", _DOT, dots, tirx.reinterpret("uint8x64", codes), x)
