@@ -420,6 +420,29 @@ def test_int8_kernel_in_a_module_matches_numpy(rows):
     assert _relative_error(out[0], expected) <= TOLERANCE
 
 
+@needs_vnni
+@pytest.mark.parametrize("rows", [1, "seq_len"])
+def test_int8_kernel_epilogue_is_one_vector_loop(rows):
+    """Decode appends the bias and activation to the int8 kernel; prefill leaves them a kernel of
+    their own (TVM cannot inline blocks after one whose written rows are dynamic), and
+    rules.Elementwise makes that one parallel, vectorised loop with no buffer per op."""
+    module = _LinearGelu(True, 128, 96)
+    mod, _ = module.export_tvm({"forward": {"x": nn.spec.Tensor([1, rows, 128], "float32")}})
+    with TARGET:
+        lowered = pipeline.relax_pipeline(TARGET, int8_activations=True)(mod)
+    kernels = {gv.name_hint: f for gv, f in lowered.functions_items() if isinstance(f, tirx.PrimFunc)}
+    [epilogue_name] = [name for name in kernels if "gelu" in name]
+    epilogue = kernels[epilogue_name]
+    assert epilogue.attrs.get("tirx.is_scheduled"), epilogue_name
+    script = epilogue.script()
+    assert "T.vectorized(" in script
+    if rows == 1:
+        assert "int8_dot" in epilogue_name or int8_dot.BLOCK in script
+    else:
+        assert "matmul" not in epilogue_name and "T.parallel(" in script
+        assert _allocations(epilogue) == []  # every op inlined into the one loop nest
+
+
 def test_int8_activations_need_vnni_in_the_target():
     """A target CPU without VNNI (Skylake-X has AVX-512 but not VNNI) keeps the float kernels."""
     skylake = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2})

@@ -74,6 +74,20 @@ def test_single_row_norms_run_on_one_thread(lowered_tiny):
     assert single_row
 
 
+def test_norms_sum_rows_in_vector_partial_sums(lowered_tiny):
+    """Prefill's norms (rows in parallel) and decode's single-row ones sum each row in vectors of
+    partial sums (rfactor blocks), not one serial chain of scalar adds."""
+    norms = {name: f for name, f in _prim_funcs(lowered_tiny).items() if "layer_norm" in name}
+    prefill = [name for name, f in norms.items() if "seq_len" in f.script()]
+    assert prefill
+    for name, func in norms.items():
+        script = func.script()
+        if "batch_size" in script:
+            continue  # batched decode rows: dlight's reduction
+        assert "_rf" in script and "T.vectorized(" in script, name
+        assert ("T.parallel(" in script) == (name in prefill), name
+
+
 def test_cpu_shape_comes_from_the_target():
     shape = CPUShape.of(Target({"kind": "llvm", "mcpu": "znver4", "num-cores": 3}))
     assert shape == CPUShape(threads=3, lanes=16)

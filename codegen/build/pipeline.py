@@ -25,9 +25,11 @@ from codegen.build.cpu.half_precision import half_matmuls_in_float32
 from codegen.build.cpu.quantized_matmul import rewrite_quantized_matmuls
 from codegen.build.cpu.rules import (
     CPUShape,
+    Elementwise,
     FactoredQuantizedDecode,
     Int8DotEpilogue,
     QuantizedWeightMatmul,
+    RowReduction,
     SingleRowReduction,
     WeightMatmul,
 )
@@ -120,7 +122,9 @@ def cpu_rules() -> list[dlight.ScheduleRule]:
         QuantizedWeightMatmul(),
         WeightMatmul(),
         SingleRowReduction(),
+        RowReduction(),
         dlight.cpu.Reduction(),
+        Elementwise(),
     ]
 
 

@@ -22,7 +22,8 @@ thread, each quantizing the row into arrays of its own (no barrier), then stream
 the weight rows, prefetching ahead as the factored kernel does. Prefill: the rows are quantized in
 parallel first; then each task takes GEMM_TILE_N weight rows and, for each tile of GEMM_MR
 activation rows, unpacks each vector of codes once for the tile's rows. FuseOps appends the bias,
-activation or residual after either (rules.Int8DotEpilogue schedules that loop nest)."""
+activation or residual after the decode kernel (rules.Int8DotEpilogue schedules that loop nest);
+after prefill's they are a kernel of their own (rules.Elementwise)."""
 
 from __future__ import annotations
 
@@ -90,8 +91,11 @@ def int8_dot_kernel(kernel: _Kernel, threads: int) -> tirx.PrimFunc:
     # The codes of word w of a group: j + per_word * w, for the offsets' shuffles.
     word_lanes = [[per_word * w + j for w in range(words_per_group)] for j in range(per_word)]
 
-    # op_pattern 4 (kOutEWiseFusable): FuseOps appends the elementwise epilogue.
-    attributes = {"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 4}
+    # Decode: op_pattern 4 (kOutEWiseFusable), FuseOps appends the elementwise epilogue. Prefill: 8
+    # (kOpaque), the epilogue stays a kernel of its own (rules.Elementwise): TVM's schedule cannot
+    # inline blocks after one whose written rows have no constant extent (its region-cover check
+    # fails), and left in the kernel they were scalar loops, one buffer each.
+    attributes = {"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 4 if kernel.one_row else 8}
 
     # Macros, not functions: meta_var makes each value an expression, not a variable (FlattenBuffer
     # would make each variable of a block a one-element buffer, stored and reloaded).
