@@ -338,3 +338,15 @@ def test_16_bit_prefill_gemm_converts_each_operand_once(dtype):
     tvm_ffi.structural_walk(update.body, [(tirx.Cast, casts.append)])
     assert casts == []
     assert {str(region.source.dtype) for region in update.reads} == {"float32"}
+
+
+@pytest.mark.parametrize("quantization", ["q0f16", "q0bf16"])
+def test_16_bit_models_build_for_the_cpu(quantization):
+    """Every kernel of a 16-bit model compiles, the KV cache's own included (its rotary kernel,
+    whose conditional Let bindings do not vectorise, was once taken for an elementwise kernel)."""
+    from codegen.build.compile import build
+
+    model = load_model("gpt_bigcode")
+    config = model.config(hf_config=dict(TINY, n_embd=128, n_head=2))  # head_dim 64
+    executable, _ = build(model, config, BuildOptions(target="llvm", num_threads=2, quantization=quantization))
+    assert "decode" in executable.as_text()

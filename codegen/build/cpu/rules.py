@@ -637,8 +637,7 @@ class Elementwise(ScheduleRule):
         if kernel is None:
             return None
         sch, blocks, reductions = kernel
-        # Opaque blocks (no iteration variables) are hand-written kernels, not elementwise.
-        if reductions or not blocks or any(not sch.get(b).iter_vars for b in blocks):
+        if reductions or not blocks or not all(_plain_store(sch, b) for b in blocks):
             return None
         for block in blocks[:-1]:
             try:
@@ -655,6 +654,18 @@ class Elementwise(ScheduleRule):
             if _many_rows(sch.get(row).extent):
                 sch.parallel(row)
         return sch
+
+
+def _plain_store(sch: s_tir.Schedule, block) -> bool:
+    """True for a block of iteration variables whose body is one store of an expression without
+    Let bindings. Not: opaque blocks (hand-written kernels), stores under a condition (the KV
+    cache's rotary kernel, whose Lets in two branches bind one variable and fail to vectorise)."""
+    stmt = sch.get(block)
+    if not stmt.iter_vars or not isinstance(stmt.body, tirx.BufferStore):
+        return False
+    lets = []
+    tvm_ffi.structural_walk(stmt.body, [(tirx.Let, lets.append)])
+    return not lets
 
 
 class SingleRowReduction(ScheduleRule):
