@@ -405,6 +405,10 @@ def _time_llamacpp(
     )
 
 
+# Decode steps the compiled side runs untimed before its timed decode (see _time_compiled).
+WARM_UP_STEPS = 1
+
+
 def _time_compiled(
     side: CompiledSide, prompt: list[int], decode: list[int], threads: int
 ) -> tuple[Block, Block]:
@@ -415,7 +419,7 @@ def _time_compiled(
     side.prefill(prompt)
     prefill = _with_cpu_share(lambda: timed(lambda: side.prefill(prompt)), threads)
     time.sleep(SETTLE_SECONDS)
-    side.decode(decode[:1])
+    side.decode(decode[:WARM_UP_STEPS])
     seconds, share = _with_cpu_share(lambda: timed(lambda: side.decode(decode)), threads)
     return prefill, (seconds / len(decode), share)
 
@@ -683,7 +687,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         fmt: LlamaBenchSide(llamacpp, path, args.threads) for fmt, path in ggufs.items()
     }
     compiled_sides = {
-        scheme: CompiledSide(path, args.prompt_tokens + args.decode_tokens)
+        scheme: CompiledSide(path, args.prompt_tokens + WARM_UP_STEPS + args.decode_tokens)
         for scheme, path in artifacts.items()
     }
     times = measure(llamacpp_sides, compiled_sides, prompt, decode, args.rounds, args.threads)
