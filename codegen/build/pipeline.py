@@ -2,12 +2,12 @@
 
 Both targets run TVM's own backend passes around the same core: keep nn.Linear as one
 transposed-weight matmul, legalise and fuse, then schedule every fused kernel with dlight-style rules
-(ours for CPU matmuls and single-row norms, dlight's for the rest and for CUDA). CPU builds also
-legalise activations to vectorisable approximations (build/cpu/fast_math.py), compute 16-bit
-matmuls in float32 (build/cpu/half_precision.py), rewrite the quantized matmuls (factored for
-decode, or on int8 activations where the scheme allows; in float32 for 16 bits:
-build/cpu/quantized_matmul.py, int8_dot.py) and swap the KV cache's scalar
-attention kernels for threaded, vectorised ones (build/cpu/attention.py).
+(ours for CPU matmuls, norms and elementwise kernels, dlight's for the rest and for CUDA). CPU
+builds also legalise activations to vectorisable approximations (build/cpu/fast_math.py), compute
+16-bit matmuls in float32 (build/cpu/half_precision.py), rewrite the quantized matmuls (factored
+for decode, or on int8 activations where the scheme allows; in float32 for 16 bits:
+build/cpu/quantized_matmul.py, int8_dot.py) and swap the KV cache's scalar attention kernels for
+threaded, vectorised ones (build/cpu/attention.py).
 """
 
 from __future__ import annotations
