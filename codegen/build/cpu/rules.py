@@ -12,7 +12,6 @@ import dataclasses
 import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
-from tvm.s_tir import dlight
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 from tvm.target.codegen import llvm_cpu_has_features
@@ -394,7 +393,8 @@ def _largest_power_of_two_dividing(extent: int, limit: int) -> int:
 
 
 def _fused_rows(sch: s_tir.Schedule, block, rows: list):
-    """All loops before the weight-row axis as one row loop (a unit loop when there are none)."""
+    """All loops before the last axis (the weight rows; a norm's or an elementwise kernel's features)
+    as one row loop (a unit loop when there are none)."""
     if not rows:
         return sch.add_unit_loop(block)
     return sch.fuse(*rows) if len(rows) > 1 else rows[0]
@@ -650,7 +650,7 @@ class Elementwise(ScheduleRule):
         rows = loops[:-1]
         _vectorize_last(sch, blocks[-1], CPUShape.of(target).lanes)
         if rows and CPUShape.of(target).threads > 1:
-            row = sch.fuse(*rows) if len(rows) > 1 else rows[0]
+            row = _fused_rows(sch, blocks[-1], rows)
             if _many_rows(sch.get(row).extent):
                 sch.parallel(row)
         return sch
@@ -718,7 +718,7 @@ class RowReduction(ScheduleRule):
             *rows, _features = sch.get_loops(blocks[-1])
             if not rows:
                 return None
-            row = sch.fuse(*rows) if len(rows) > 1 else rows[0]
+            row = _fused_rows(sch, blocks[-1], rows)
             if not _many_rows(sch.get(row).extent):
                 return None
             for block in reversed(sch.get_child_blocks(sch.get_sblock("root"))[:-1]):
