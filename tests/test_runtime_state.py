@@ -82,7 +82,7 @@ class Fault(RuntimeError):
 def tvm_fails(model, where: str, at_pass: int = 0):
     """Pass number ``at_pass`` of the model's forward passes fails at ``where`` ("begin_forward" or
     "compute", the compiled function) after the real call did its work."""
-    real_begin, real_vm = model._kv["begin_forward"], model.vm
+    real_begin, real_functions = model._kv["begin_forward"], model._functions
     passes = []
 
     def begin_forward(*args):
@@ -91,23 +91,21 @@ def tvm_fails(model, where: str, at_pass: int = 0):
         if where == "begin_forward" and len(passes) - 1 == at_pass:
             raise Fault("begin_forward failed")
 
-    class VM:
-        def __getitem__(self, name):
-            function = real_vm[name]
+    def failing(name, function):
+        def run(*args):
+            result = function(*args)
+            if name != "embed" and where == "compute" and len(passes) - 1 == at_pass:
+                raise Fault(f"{name} failed")
+            return result
 
-            def run(*args):
-                result = function(*args)
-                if name != "embed" and where == "compute" and len(passes) - 1 == at_pass:
-                    raise Fault(f"{name} failed")
-                return result
+        return run
 
-            return run
-
-    model._kv["begin_forward"], model.vm = begin_forward, VM()
+    model._kv["begin_forward"] = begin_forward
+    model._functions = {name: failing(name, function) for name, function in real_functions.items()}
     try:
         yield
     finally:
-        model._kv["begin_forward"], model.vm = real_begin, real_vm
+        model._kv["begin_forward"], model._functions = real_begin, real_functions
 
 
 def tvm_length(model, seq_id: int) -> int:
