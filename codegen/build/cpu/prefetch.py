@@ -11,7 +11,8 @@ The prefetches are non-temporal (`prefetchnta`): a weight line is used once per 
 like other data it pushes out of the caches what the next kernel, the VM and the Python loop
 between steps reuse. Same checkpoint, both builds timed interleaved in one process (AMD EPYC,
 2 threads, 2026-12-08): decode 3-5% faster in every format (q4f16_1, q8f16_1, q0f16, q0f32),
-prefill unchanged within 2%.
+prefill unchanged within 2%. Not yet measured on Intel, where a non-temporal line may land in L1
+only: for float32 rows 3072 wide, 8 rows ahead is 96 KB, more than L1 holds.
 
 A schedule rule marks a loop with `mark`; `insert_prefetches`, run after the rules, writes the
 prefetch instructions at the top of each marked loop's body and drops the mark.
