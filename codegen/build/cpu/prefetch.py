@@ -7,12 +7,16 @@ when the weight is already in L1/L2. Prefetching the same position ROWS_AHEAD ro
 keeps lines in flight regardless of the work per line: caches flushed, 2 threads, a q4 768x3072
 kernel took 0.129 ms without and 0.080 ms with it (0.076 ms with the weight in cache).
 
-The prefetches are non-temporal (`prefetchnta`): a weight line is used once per step, and kept
-like other data it pushes out of the caches what the next kernel, the VM and the Python loop
-between steps reuse. Same checkpoint, both builds timed interleaved in one process (AMD EPYC,
-2 threads, 2026-12-08): decode 3-5% faster in every format (q4f16_1, q8f16_1, q0f16, q0f32),
-prefill unchanged within 2%. Not yet measured on Intel, where a non-temporal line may land in L1
-only: for float32 rows 3072 wide, 8 rows ahead is 96 KB, more than L1 holds.
+Which prefetch depends on the CPU, and the wrong one costs a lot. Same checkpoint, both builds
+timed interleaved in one process, 2 threads, 2026-12-08:
+- AMD EPYC (Zen 4): non-temporal (`prefetchnta`) made decode 3-5% faster than `prefetcht0` in
+  every format (q4f16_1, q8f16_1, q0f16, q0f32), prefill unchanged within 2%. A weight line is used
+  once per step; kept like other data it pushes out what the VM and the Python loop reuse.
+- Intel Xeon (Ice Lake): non-temporal made decode 1.6x (q4f16_1), 1.9x (q8f16_1), 2.1x (q0f16)
+  and 2.5x (q0f32) slower; prefill moved within 10%. There it fills L1, not L2, and 8 rows ahead
+  (96 KB for float32 rows 3072 wide) is more than L1 holds, so lines are gone before use.
+  `prefetcht0` is fastest; t1 and t2 measured 0-6% slower.
+So AMD Zen CPUs get `prefetchnta` and every other CPU (including a target with no -mcpu) t0.
 
 A schedule rule marks a loop with `mark`; `insert_prefetches`, run after the rules, writes the
 prefetch instructions at the top of each marked loop's body and drops the mark.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
+from tvm.target import Target
 
 # How far ahead, in weight rows (the first axis), each iteration prefetches what it reads; 4 to 32
 # measured alike.
@@ -73,15 +78,23 @@ def _prefetch_if_marked(loop: tirx.For) -> tirx.For:
 
 
 def line_read(buffer: tirx.Buffer, index: list[tirx.PrimExpr]) -> tirx.PrimExpr:
-    """The prefetch, for reading, of the cache line holding buffer[index]."""
+    """The prefetch, for reading, of the cache line holding buffer[index], with the locality hint
+    of the current target's CPU."""
     return tirx.call_intrin(
         "void",
         "tirx.prefetch",
         tirx.address_of(tirx.BufferLoad(buffer, index)),
         0,  # a read
-        0,  # non-temporal: each weight is read once per step (see the module docstring)
+        locality(Target.current(allow_none=True)),
         1,  # data, not instructions
     )
+
+
+def locality(target: Target | None) -> int:
+    """LLVM's prefetch locality for weight streams: 0 (non-temporal) on AMD Zen, 3 (every cache
+    level) elsewhere; see the module docstring for the measurements."""
+    cpu = str(target.attrs.get("mcpu", "")) if target is not None else ""
+    return 0 if cpu.startswith("znver") else 3
 
 
 def _first_read(loop: tirx.For, name: str) -> tuple[tirx.Buffer, list[tirx.PrimExpr]]:
