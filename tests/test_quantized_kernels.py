@@ -228,11 +228,12 @@ def _loads(func: tirx.PrimFunc, name: str) -> list[tirx.PrimExpr]:
 
 def _prefetched(func: tirx.PrimFunc, name: str) -> list[tvm.ir.TensorLoad]:
     """The element of buffer `name` whose address each prefetch instruction names."""
-    calls = [
-        n for n in _walk(func.body) if isinstance(n, tvm.ir.Call) and n.op.name == "tirx.prefetch"
-    ]
-    addresses = [call.args[0].args[0] for call in calls]
+    addresses = [call.args[0].args[0] for call in _prefetch_calls(func)]
     return [load for load in addresses if load.source.name.startswith(name)]
+
+
+def _prefetch_calls(func: tirx.PrimFunc) -> list[tvm.ir.Call]:
+    return [n for n in _walk(func.body) if isinstance(n, tvm.ir.Call) and n.op.name == "tirx.prefetch"]
 
 
 def _stores(func: tirx.PrimFunc, name: str) -> list[tirx.PrimExpr]:
@@ -288,7 +289,7 @@ def test_decode_prefetch_hint_follows_the_cpu(cpu, locality, int8_activations):
     mod = tvm.IRModule({"main": _kernel(4, 100, 768, 1).with_attr("global_symbol", "main")})
     with target:
         scheduled = pipeline.build_cpu_kernels(target, int8_activations)(mod)["main"]
-    calls = [n for n in _walk(scheduled.body) if isinstance(n, tvm.ir.Call) and n.op.name == "tirx.prefetch"]
+    calls = _prefetch_calls(scheduled)
     assert calls and {int(call.args[2]) for call in calls} == {locality}
 
 

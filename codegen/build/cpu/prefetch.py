@@ -13,9 +13,9 @@ timed interleaved in one process, 2 threads, 2026-12-08:
   every format (q4f16_1, q8f16_1, q0f16, q0f32), prefill unchanged within 2%. A weight line is used
   once per step; kept like other data it pushes out what the VM and the Python loop reuse.
 - Intel Xeon (Ice Lake): non-temporal made decode 1.6x (q4f16_1), 1.9x (q8f16_1), 2.1x (q0f16)
-  and 2.5x (q0f32) slower; prefill moved within 10%. There it fills L1, not L2, and 8 rows ahead
-  (96 KB for float32 rows 3072 wide) is more than L1 holds, so lines are gone before use.
-  `prefetcht0` is fastest; t1 and t2 measured 0-6% slower.
+  and 2.5x (q0f32) slower; prefill moved within 10%. Likely because there it fills L1, not L2,
+  and 8 rows ahead (96 KB for float32 rows 3072 wide) is more than L1 holds: lines are gone
+  before use. `prefetcht0` is fastest; t1 and t2 measured 0-6% slower.
 So AMD Zen CPUs get `prefetchnta` and every other CPU (including a target with no -mcpu) t0.
 
 A schedule rule marks a loop with `mark`; `insert_prefetches`, run after the rules, writes the
